@@ -1,0 +1,82 @@
+"""Run configuration: presets, YAML files, overrides, and the errors bad input gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from rstar_math.config import ConfigError, RunConfig, config_hash, load_config, preset_names
+
+
+def test_presets_load():
+    assert {"paper", "default", "smoke"} <= set(preset_names())
+    for name in preset_names():
+        assert isinstance(load_config(name), RunConfig)
+
+
+def test_paper_preset_has_the_method_settings():
+    cfg = load_config("paper")
+    assert cfg.rounds == 4
+    assert [cfg.search.rollouts_for(r) for r in (1, 2, 3, 4)] == [8, 16, 16, 16]
+    assert cfg.search.hard_rollouts_for(4) > cfg.search.rollouts_for(4)
+    assert cfg.search.hard_rollouts_for(2) == 16  # 0 means "same as rollouts"
+    assert (cfg.search.candidates, cfg.search.c_uct, cfg.search.ppm_from_round) == (8, 2.0, 3)
+    policy = cfg.train.policy
+    assert (policy.learning_rate, policy.epochs, policy.batch_size) == (7e-6, 2.0, 128)
+    assert (cfg.select.sft_per_problem, cfg.select.ppm_positives, cfg.select.ppm_negatives) == (2, 2, 2)
+
+
+def test_smoke_extends_default():
+    default, smoke = load_config("default"), load_config("smoke")
+    assert smoke.name == "smoke"
+    assert smoke.model == default.model  # inherited untouched
+    assert smoke.search.rollouts_for(1) < default.search.rollouts_for(1)
+
+
+def test_user_file_extends_a_preset_and_overrides_win(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: paper\nrounds: 2\nsearch:\n  candidates: 4\n")
+    cfg = load_config(path, overrides=["search.candidates=6", "data.train=s3://b/p.jsonl"])
+    assert cfg.rounds == 2 and cfg.search.candidates == 6
+    assert cfg.search.max_depth == 16  # from the preset
+    assert cfg.data.train == ("s3://b/p.jsonl",)
+
+
+def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("search:\n  candidatez: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*search.*candidatez"):
+        load_config(path)
+
+
+def test_wrong_type_is_an_error_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("search:\n  rollouts: [8, sixteen]\n")
+    with pytest.raises(ConfigError, match=r"search\.rollouts\[1\].*integer"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"rounds.*integer"):
+        load_config("default", overrides=["rounds=true"])
+
+
+def test_missing_preset_and_file_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no preset named 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config("default", overrides=["justakey"])
+
+
+def test_extends_cycle_is_detected(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_yaml_round_trip_and_hash(tmp_path):
+    cfg = load_config("default")
+    path = tmp_path / "dump.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_hash(load_config("default", overrides=["seed=1"])) != config_hash(cfg)
