@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rstar_math.artifacts import TamperedArtifactError, open_artifact, write_artifact
+from rstar_math.artifacts import ArtifactRef, TamperedArtifactError, open_artifact, pin, write_artifact
 from rstar_math.lineage import LINEAGE_FILE, RunContext, audit, read_record
 from rstar_math.lineage.record import LineageError, LineageRecord, content_digest
 from rstar_math.store import IncompleteArtifactError, join, normalize, store_for
@@ -158,8 +158,8 @@ def test_open_artifact_refuses_a_directory_without_record(root_uri):
 
 def test_writing_in_place_records_the_given_uri(tmp_path):
     """The KFP launcher uploads the directory; the record names the artefact's final URI."""
-    with write_artifact("s3://bucket/pipeline-root/task/trees", kind="trees", stage="rollout", context=CTX,
-                        local_dir=tmp_path / "out") as d:
+    out = ArtifactRef("s3://bucket/pipeline-root/task/trees", str(tmp_path / "out"))
+    with write_artifact(out, kind="trees", stage="rollout", context=CTX) as d:
         (d / "trees.parquet").write_bytes(b"n")
     record = json.loads((tmp_path / "out" / LINEAGE_FILE).read_text())
     assert record["uri"] == "s3://bucket/pipeline-root/task/trees"
@@ -170,3 +170,14 @@ def test_malformed_record_names_its_file(tmp_path):
         LineageRecord.from_json('{"uri": "x"}', source="somewhere.json")
     with pytest.raises(LineageError, match="not valid JSON"):
         LineageRecord.from_json("{", source="f")
+
+
+def test_a_local_copy_is_read_and_pinned_under_its_canonical_uri(tmp_path):
+    """Inside a KFP task the launcher has downloaded the input: read the copy, record the URI."""
+    with write_artifact(str(tmp_path / "made"), kind="problems", stage="intake", context=CTX) as d:
+        (d / "problems.parquet").write_bytes(b"rows")
+    ref = ArtifactRef("s3://bucket/root/task/problems", str(tmp_path / "made"))
+    with open_artifact(ref) as (path, record):
+        assert (path / "problems.parquet").read_bytes() == b"rows"
+    pinned = pin(ref, "problems")
+    assert (pinned.uri, pinned.sha256, pinned.role) == ("s3://bucket/root/task/problems", record.sha256, "problems")

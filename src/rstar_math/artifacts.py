@@ -11,9 +11,10 @@ and reads an input with `open_artifact(uri)`, which materialises it locally and
 refuses one whose lineage record is missing (half-written) or whose files no
 longer match their recorded hashes.
 
-Inside a Kubeflow component the launcher uploads the output directory itself:
-pass `local_dir=` (the artifact's .path) and `uri` (its .uri) to record the
-final location while writing in place.
+Inside a Kubeflow component the launcher moves bytes: it downloads inputs to
+local paths before the component runs and uploads outputs after. Stages then get
+`ArtifactRef(uri=artifact.uri, path=artifact.path)`: they read and write at
+`path` while lineage records name `uri`. A plain string is both.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -37,11 +39,34 @@ from rstar_math.lineage.record import (
     read_record,
     sha256_stream,
 )
-from rstar_math.store import IncompleteArtifactError, is_s3, local_copy, local_path, store_for
+from rstar_math.store import IncompleteArtifactError, is_s3, local_copy, local_path, normalize, store_for
 
 
 class TamperedArtifactError(ValueError):
     """An artefact's files do not match the hashes in its lineage record."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An artefact's canonical URI, and optionally a local directory that holds (or will hold) it."""
+
+    uri: str
+    path: str | None = None
+
+    @classmethod
+    def of(cls, value: "str | os.PathLike | ArtifactRef") -> "ArtifactRef":
+        return value if isinstance(value, ArtifactRef) else cls(str(value))
+
+
+def pin(ref: "str | ArtifactRef | InputRef", role: str = "") -> InputRef:
+    """An input as it is now (URI and hash), for the lineage record of what is made from it."""
+    if isinstance(ref, InputRef):
+        return ref
+    ref = ArtifactRef.of(ref)
+    if ref.path is None:
+        return input_ref(ref.uri, role)
+    local = input_ref(ref.path, role)  # hashes (or the record) of the local copy
+    return InputRef(normalize(ref.uri), local.sha256, role)
 
 
 def _digest_local(directory: Path) -> tuple[FileDigest, ...]:
@@ -56,31 +81,36 @@ def _digest_local(directory: Path) -> tuple[FileDigest, ...]:
     return tuple(files)
 
 
-def _resolve_inputs(inputs: Mapping[str, str | InputRef] | Sequence[str | InputRef]) -> list[InputRef]:
+Inputs = Mapping[str, "str | ArtifactRef | InputRef"] | Sequence["str | ArtifactRef | InputRef"]
+
+
+def _resolve_inputs(inputs: Inputs) -> list[InputRef]:
     items = inputs.items() if isinstance(inputs, Mapping) else [("", i) for i in inputs]
-    return [i if isinstance(i, InputRef) else input_ref(str(i), role) for role, i in items]
+    return [pin(value, role) for role, value in items]
 
 
 @contextlib.contextmanager
 def write_artifact(
-    uri: str,
+    out: "str | ArtifactRef",
     *,
     kind: str,
     stage: str,
     context: RunContext,
     round: int | None = None,
-    inputs: Mapping[str, str | InputRef] | Sequence[str | InputRef] = (),
+    inputs: Inputs = (),
     params: dict[str, Any] | None = None,
-    local_dir: str | os.PathLike | None = None,
 ) -> Iterator[Path]:
-    """Yield an empty local directory; on success, record lineage and publish it at `uri`.
+    """Yield an empty local directory; on success, record lineage and publish it at `out`.
 
     Inputs are pinned (hashed) before the body runs, so a record always names the
-    inputs as they were read. On an exception nothing is published.
+    inputs as they were read. On an exception nothing is published. With a local
+    `out.path` the directory is written in place (the KFP launcher publishes it).
     """
+    ref = ArtifactRef.of(out)
+    uri = ref.uri
     pinned = _resolve_inputs(inputs)
-    if local_dir is not None:  # written in place; someone else (the KFP launcher) publishes
-        staging, publish = Path(local_dir), False
+    if ref.path is not None:
+        staging, publish = Path(ref.path), False
         staging.mkdir(parents=True, exist_ok=True)
     elif is_s3(uri):
         staging, publish = Path(tempfile.mkdtemp(prefix="rstar-out-")), True
@@ -126,12 +156,14 @@ def verify_local(directory: Path, record: LineageRecord, source: str) -> None:
 
 
 @contextlib.contextmanager
-def open_artifact(uri: str, *, verify: bool = True) -> Iterator[tuple[Path, LineageRecord]]:
+def open_artifact(ref: "str | ArtifactRef", *, verify: bool = True) -> Iterator[tuple[Path, LineageRecord]]:
     """Yield (local directory, lineage record) of a committed artefact, hash-checked by default."""
-    record = read_record(uri)
+    ref = ArtifactRef.of(ref)
+    where = ref.path or ref.uri
+    record = read_record(where)
     if record is None:
-        raise IncompleteArtifactError(f"{uri}: no {LINEAGE_FILE}; not an artefact, or its writer did not finish")
-    with local_copy(uri, commit=LINEAGE_FILE) as path:
+        raise IncompleteArtifactError(f"{ref.uri}: no {LINEAGE_FILE}; not an artefact, or its writer did not finish")
+    with local_copy(where, commit=LINEAGE_FILE) as path:
         if verify:
-            verify_local(path, record, source=uri)
+            verify_local(path, record, source=ref.uri)
         yield path, record
