@@ -1,0 +1,164 @@
+"""The `rstar` command line.
+
+    rstar run                         the main job on the embedded default (see README.md)
+    rstar config paper                print a preset (or a YAML file) with overrides applied
+    rstar schema trees                the columns of an artefact kind
+    rstar intake FILE... --out URI    problem files in, a deduplicated problems artefact out
+    rstar lineage URI                 walk an artefact's lineage to its roots and verify every hash
+    rstar s3-server --root DIR        a local S3 server (rclone) for runs without a cloud bucket
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+from rstar_math.config import ConfigError, config_hash, load_config
+
+
+def _context(args, config=None):
+    from rstar_math.lineage import RunContext
+
+    run_id = args.run_id or os.environ.get("RSTAR_RUN_ID") or f"local-{uuid.uuid4().hex[:8]}"
+    return RunContext(run_id=run_id, config_hash=config_hash(config) if config else None)
+
+
+def cmd_config(args) -> int:
+    print(load_config(args.source, args.set).to_yaml(), end="")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from rstar_math.data.schemas import KINDS, describe
+
+    kinds = [KINDS[args.kind]] if args.kind else list(KINDS.values())
+    print("\n\n".join(describe(k) for k in kinds))
+    return 0
+
+
+def cmd_intake(args) -> int:
+    from rstar_math.stages.intake import intake
+
+    result = intake(args.sources, args.out, context=_context(args))
+    print(f"{result.problems} problems ({result.rows_read} rows read, {result.duplicates} duplicates, "
+          f"{result.malformed} malformed) -> {args.out}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from rstar_math.lineage import audit
+
+    report = audit(args.uri)
+    if args.json:
+        print(json.dumps({"target": report.target, "ok": report.ok, "problems": report.problems,
+                          "roots": report.roots, "artefacts": list(report.nodes)}, indent=2))
+    else:
+        print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_s3_server(args) -> int:
+    from rstar_math.store.s3server import S3Server
+
+    server = S3Server.start(args.root, buckets=args.bucket, port=args.port,
+                            access_key=args.access_key, secret_key=args.secret_key)
+    print(f"S3 server on {server.endpoint} serving {server.root} (buckets: {', '.join(args.bucket)})")
+    print("Point the store at it with:")
+    for key, value in server.env().items():
+        print(f"  export {key}={value}")
+    print("Ctrl-C stops it.", flush=True)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait, not as KeyboardInterrupt
+    try:
+        signal.sigwait(stop_signals)
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_run(args) -> int:
+    from rstar_math.lineage import audit
+    from rstar_math.stages.intake import generate
+    from rstar_math.store import join
+
+    config = load_config(args.config, args.set)
+    context = _context(args, config)
+    root = join(args.root or config.storage.root, context.run_id)
+    train_uri, eval_uri = join(root, "problems", "train"), join(root, "problems", "held_out")
+    n_train, n_eval = generate(config.data.generator, train_uri, eval_uri, context=context)
+    print(f"run {context.run_id}: {n_train} training and {n_eval} held-out problems under {root}")
+    for uri in (train_uri, eval_uri):
+        report = audit(uri)
+        print(report.render())
+        if not report.ok:
+            return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rstar", description="rStar-Math self-evolution as a batch pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_run_id(p):
+        p.add_argument("--run-id", help="run id recorded in lineage (default: $RSTAR_RUN_ID or a new one)")
+        return p
+
+    def with_config(p, default="default"):
+        p.add_argument("--config", default=default, help="preset name or YAML file (default: %(default)s)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+        return p
+
+    p = with_run_id(with_config(sub.add_parser("run", help="run the main job on a config (default: embedded default)")))
+    p.add_argument("--root", help="where the run's artefacts go (default: the config's storage.root)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="print a resolved config")
+    p.add_argument("source", nargs="?", default="default", help="preset name or YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("schema", help="describe artefact schemas")
+    p.add_argument("kind", nargs="?", help="problems, trees, verified_trees, sft_data, ppm_pairs or metrics")
+    p.set_defaults(func=cmd_schema)
+
+    p = with_run_id(sub.add_parser("intake", help="problem files (JSONL, JSON, Parquet; local or s3://) to a problems artefact"))
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--out", required=True, help="artefact URI to write")
+    p.set_defaults(func=cmd_intake)
+
+    p = sub.add_parser("lineage", help="audit an artefact's lineage back to its roots")
+    p.add_argument("uri")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("s3-server", help="serve a local directory over S3 (rclone serve s3)")
+    p.add_argument("--root", default=str(Path(".rstar") / "s3"), help="directory served; each folder is a bucket")
+    p.add_argument("--bucket", action="append", default=None, help="bucket(s) to create (default: rstar)")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--access-key", default="rstar-local-access")
+    p.add_argument("--secret-key", default="rstar-local-secret")
+    p.set_defaults(func=cmd_s3_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "bucket", "unset") is None:
+        args.bucket = ["rstar"]
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"rstar: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
