@@ -244,6 +244,20 @@ def _candidates(expand: list[_Cursor], outputs, stats: SearchStats) -> tuple[lis
     return candidates, requests
 
 
+def code_step_outcome(result: ExecResult) -> tuple[str, str, bool]:
+    """(exec_status, output block text, is_error) of an executed code step.
+
+    A step that raised, timed out or printed nothing is an error step; its output block
+    carries the error so the next step can react to it.
+    """
+    output = result.stdout.strip("\n")
+    if result.status is ExecStatus.OK and output.strip():
+        return "ok", output, False
+    if result.status is ExecStatus.OK:
+        return NO_OUTPUT, NO_OUTPUT_MESSAGE, True
+    return result.status.value, result.error or result.status.value, True
+
+
 def _add_child(candidate: _Candidate, settings: SearchSettings) -> int:
     """Create the tree node for one candidate step and decide whether it is terminal."""
     tree, parent = candidate.cursor.tree, candidate.parent
@@ -254,15 +268,9 @@ def _add_child(candidate: _Candidate, settings: SearchSettings) -> int:
     if step.kind is StepKind.ANSWER:
         answer = extract_boxed(step.answer_text)
         return tree.add_child(parent, text=step.text, is_terminal=True, answer=answer)
-    result = candidate.exec_result
-    assert result is not None
-    output = result.stdout.strip("\n")
-    if result.status is ExecStatus.OK and output.strip():
-        status, errors = "ok", 0
-    else:
-        status = result.status.value if result.status is not ExecStatus.OK else NO_OUTPUT
-        output = result.error or (NO_OUTPUT_MESSAGE if status == NO_OUTPUT else f"{status}")
-        errors = parent_node.consecutive_errors + 1
+    assert candidate.exec_result is not None
+    status, output, is_error = code_step_outcome(candidate.exec_result)
+    errors = parent_node.consecutive_errors + 1 if is_error else 0
     depth = parent_node.depth + 1
     terminal = errors >= settings.max_consecutive_errors or depth >= settings.max_depth
     return tree.add_child(
