@@ -122,4 +122,4 @@ def test_verify_runs_against_s3_and_writes_a_report(tmp_path, executor, s3_root)
     from rstar_math.store import store_for
 
     report = json.loads(store_for(out).read_bytes(join(out, "verify_report.json")))
-    assert report["correct"] == counts.correct == 2
+    assert report["counts"]["correct"] == counts.correct == 2 and report["seconds"] > 0

@@ -101,3 +101,15 @@ def generate(
         _write_problems(table, out, context=context, inputs={}, params={**params, "split": split},
                         report={"result": {"problems": table.num_rows, "split": split}})
     return train.num_rows, held_out.num_rows
+
+
+def prepare_problem_sets(config, train_out: str | ArtifactRef, eval_out: str | ArtifactRef, *, context: RunContext):
+    """The run's training and held-out problems: from `data.train` / `data.eval` files, or generated."""
+    data = config.data
+    if not data.train:
+        return generate(data.generator, train_out, eval_out, context=context)
+    if not data.eval:
+        raise ValueError("data.train is set but data.eval is empty: name the held-out problem files too")
+    train = intake(list(data.train), train_out, context=context)
+    held_out = intake(list(data.eval), eval_out, context=context)
+    return train.problems, held_out.problems

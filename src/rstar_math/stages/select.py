@@ -14,17 +14,18 @@ data, and the counts of every problem.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import pyarrow as pa
 
-from rstar_math.artifacts import ArtifactRef, write_artifact
+from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import SelectConfig
-from rstar_math.data.schemas import PPM_PAIRS, SFT_DATA, VERIFIED_TREES, write_table
+from rstar_math.data.schemas import PPM_PAIRS, SFT_DATA, VERIFIED_TREES, read_table, write_table
 from rstar_math.data.selection import select_from_tree
 from rstar_math.lineage import RunContext
-from rstar_math.stages.io import read_artifact_table, read_problem_set
+from rstar_math.stages.io import read_problem_set
 from rstar_math.stages.verify import load_trees
 
 SFT_FILE = "sft_data.parquet"
@@ -47,6 +48,26 @@ class SelectResult:
         return self.contributed / self.problems if self.problems else 0.0
 
 
+def merge_verified(
+    shards: Sequence[str | ArtifactRef], out: str | ArtifactRef, *, context: RunContext, round: int | None = None
+) -> int:
+    """One verified-trees artefact from the shards (the next round reads it to find hard problems)."""
+    from rstar_math.stages.verify import REPORT_FILE as VERIFY_REPORT
+    from rstar_math.stages.verify import VERIFIED_FILE, merge_reports
+
+    tables, reports = [], []
+    for shard in shards:
+        with open_artifact(shard) as (path, _):
+            tables.append(read_table(path, VERIFIED_TREES))
+            reports.append(json.loads((path / VERIFY_REPORT).read_text()))
+    table = pa.concat_tables(tables) if tables else VERIFIED_TREES.schema.empty_table()
+    with write_artifact(out, kind="verified_trees", stage="merge_verified", context=context, round=round,
+                        inputs={f"shard-{i}": s for i, s in enumerate(shards)}) as out_dir:
+        write_table(table, out_dir / VERIFIED_FILE, VERIFIED_TREES)
+        (out_dir / VERIFY_REPORT).write_text(json.dumps(merge_reports(reports), indent=2, sort_keys=True))
+    return table.num_rows
+
+
 def select(
     verified: Sequence[str | ArtifactRef],
     problems: str | ArtifactRef,
@@ -57,12 +78,19 @@ def select(
     context: RunContext,
     round: int | None = None,
 ) -> SelectResult:
+    from rstar_math.stages.verify import REPORT_FILE as VERIFY_REPORT
+    from rstar_math.stages.verify import merge_reports
+
+    started = time.monotonic()
     problem_table = read_problem_set(problems)
     sources = dict(zip(problem_table.column("problem_id").to_pylist(), problem_table.column("source").to_pylist()))
-    trees = []
+    trees, verify_reports = [], []
     for shard in verified:
         ref = ArtifactRef.of(shard)
-        trees += load_trees(read_artifact_table(ref, VERIFIED_TREES), problem_table, ref.uri)
+        with open_artifact(ref) as (path, _):
+            trees += load_trees(read_table(path, VERIFIED_TREES), problem_table, ref.uri)
+            if (path / VERIFY_REPORT).exists():
+                verify_reports.append(json.loads((path / VERIFY_REPORT).read_text()))
     trees.sort(key=lambda t: t.problem_id)
 
     sft_rows, pair_rows, counts = [], [], []
@@ -82,6 +110,7 @@ def select(
         final_pairs=sum(c.final_pairs for c in counts),
     )
     report = json.dumps({"totals": {**asdict(result), "contributed_share": result.contributed_share},
+                         "verify": merge_reports(verify_reports), "seconds": time.monotonic() - started,
                          "per_problem": [asdict(c) for c in counts]}, indent=1)
     inputs = {**{f"verified-{i}": v for i, v in enumerate(verified)}, "problems": problems}
     params = asdict(config)

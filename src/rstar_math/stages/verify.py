@@ -17,19 +17,21 @@ Works on one shard of trees; `merge_counts` adds shards' counts up.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import pyarrow as pa
 
-from rstar_math.artifacts import ArtifactRef, write_artifact
+from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import SandboxConfig
-from rstar_math.data.schemas import TREES, VERIFIED_TREES, write_table
+from rstar_math.data.schemas import TREES, VERIFIED_TREES, read_table, write_table
 from rstar_math.grading import answers_match, extract_boxed
 from rstar_math.lineage import RunContext
 from rstar_math.sandbox import ExecRequest, ExecutorPool
 from rstar_math.search.tree import SearchTree, group_rows
-from rstar_math.stages.io import read_artifact_table, read_problem_set
+from rstar_math.stages.io import read_problem_set
+from rstar_math.stages.rollout import STATS_FILE as ROLLOUT_STATS_FILE
 
 VERIFIED_FILE = "verified_trees.parquet"
 REPORT_FILE = "verify_report.json"
@@ -153,9 +155,18 @@ def verify(
     round: int | None = None,
     executor=None,
 ) -> VerifyCounts:
-    """Verify one shard of trees; write verified trees and a report (counts) with lineage."""
+    """Verify one shard of trees; write verified trees and a report (counts) with lineage.
+
+    The report also carries the shard's search statistics forward (rollout_stats.json of
+    the trees artefact), so later stages can account for the whole round.
+    """
+    started = time.monotonic()
     trees_ref = ArtifactRef.of(trees)
-    search_trees = load_trees(read_artifact_table(trees_ref, TREES), read_problem_set(problems), trees_ref.uri)
+    with open_artifact(trees_ref) as (trees_dir, _):
+        trees_table = read_table(trees_dir, TREES)
+        stats_file = trees_dir / ROLLOUT_STATS_FILE
+        search_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    search_trees = load_trees(trees_table, read_problem_set(problems), trees_ref.uri)
     if executor is None:
         with ExecutorPool.from_config(sandbox) as pool:
             rows, counts = verify_trees(search_trees, pool)
@@ -165,10 +176,24 @@ def verify(
     with write_artifact(out, kind="verified_trees", stage="verify", context=context, round=round,
                         inputs={"trees": trees, "problems": problems}) as out_dir:
         write_table(table, out_dir / VERIFIED_FILE, VERIFIED_TREES)
-        (out_dir / REPORT_FILE).write_text(json.dumps(asdict(counts), indent=2))
+        report = {"counts": asdict(counts), "search": search_stats, "seconds": time.monotonic() - started}
+        (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     return counts
 
 
-def read_counts(report_text: str) -> VerifyCounts:
-    return VerifyCounts(**json.loads(report_text))
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """Verify reports of several shards as one: counts, search statistics and seconds added up."""
+
+    def add(into: dict, more: dict) -> dict:
+        for key, value in more.items():
+            if isinstance(value, dict):
+                into[key] = add(into.get(key, {}), value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                into[key] = into.get(key, 0) + value
+        return into
+
+    merged: dict = {}
+    for report in reports:
+        add(merged, report)
+    return merged
 
