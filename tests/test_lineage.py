@@ -66,7 +66,8 @@ def test_audit_of_an_untouched_chain_passes_and_finds_the_roots(root_uri):
     assert set(report.roots) == {normalize(uris["raw"]), normalize(uris["base"])}
     assert list(report.nodes)[0] == normalize(uris["trees"])
     text = report.render()
-    assert "rollout, round 1" in text and "[root]" in text and "all hashes verified" in text
+    assert "trees from rollout, round 1" in text and "inputs: problems=#2, policy=#3" in text
+    assert "#4 root" in text and "all hashes verified" in text
 
 
 def test_a_modified_file_is_reported(root_uri):

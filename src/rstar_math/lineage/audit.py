@@ -52,42 +52,25 @@ class AuditReport:
         return [uri for uri, node in self.nodes.items() if node.record is None]
 
     def render(self) -> str:
+        """One line per artefact, target first and roots last; inputs refer to artefacts by number."""
+        number = {uri: i + 1 for i, uri in enumerate(self.nodes)}
         lines: list[str] = []
-        seen: set[str] = set()
-
-        def show(uri: str, role: str, depth: int) -> None:
-            node = self.nodes[uri]
-            pad = "  " * depth
-            arrow = "<- " if depth else ""
-            tag = f"{role}: " if role else ""
+        for uri, node in self.nodes.items():
             status = "OK" if not node.problems else "FAILED"
             sha = (node.sha256 or "missing")[:16]
             if node.record is None:
-                lines.append(f"{pad}{arrow}{tag}{uri}  [root]  sha256={sha}  {status}")
+                lines.append(f"#{number[uri]} root  sha256={sha}  {status}  {uri}")
             else:
                 r = node.record
                 where = f"round {r.round}" if r.round is not None else "no round"
-                lines.append(f"{pad}{arrow}{tag}{uri}  [{r.kind}] {r.stage}, {where}  sha256={sha}  {status}")
-                if uri not in seen:
-                    code = r.package_version + (f" @ {r.git_commit[:12]}" if r.git_commit else "")
-                    lines.append(
-                        f"{pad}   run {r.run_id}, config {(r.config_hash or '-')[:12]}, code {code}, "
-                        f"image {r.image or '-'}, written {r.created_at}"
-                    )
-            for problem in node.problems:
-                lines.append(f"{pad}   !! {problem}")
-            for note in node.notes:
-                lines.append(f"{pad}   note: {note}")
-            if uri in seen:
-                if node.record is not None and node.record.inputs:
-                    lines.append(f"{pad}   (inputs shown above)")
-                return
-            seen.add(uri)
-            if node.record is not None:
-                for ref in node.record.inputs:
-                    show(ref.uri, ref.role, depth + 1)
-
-        show(self.target, "", 0)
+                code = r.package_version + (f"@{r.git_commit[:12]}" if r.git_commit else "")
+                lines.append(f"#{number[uri]} {r.kind} from {r.stage}, {where}  sha256={sha}  {status}  {uri}")
+                inputs = ", ".join(f"{ref.role or 'input'}=#{number[ref.uri]}" for ref in r.inputs)
+                lines.append(f"     inputs: {inputs or '-'}")
+                lines.append(f"     run {r.run_id}, config {(r.config_hash or '-')[:12]}, code {code}, "
+                             f"image {r.image or '-'}, written {r.created_at}")
+            lines += [f"     !! {problem}" for problem in node.problems]
+            lines += [f"     note: {note}" for note in node.notes]
         verdict = "all hashes verified" if self.ok else f"{len(self.problems)} problem(s)"
         lines.append(f"{len(self.nodes)} artefact(s), {len(self.roots)} root(s): {verdict}")
         return "\n".join(lines)
