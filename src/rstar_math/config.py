@@ -59,6 +59,45 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddedConfig:
+    """The embedded default's world: the seed corpus and the small model bootstrapped on it.
+
+    Used when model.base is `embedded` (embedded/bootstrap.py; README, "The embedded default")."""
+
+    modules: tuple[str, ...] = (
+        "numbers__gcd",
+        "numbers__div_remainder",
+        "numbers__is_factor",
+        "arithmetic__mixed",
+        "algebra__linear_1d",
+        "algebra__linear_1d_composed",
+    )
+    misconception_rates: tuple[float, ...] = (0.7, 0.7, 0.7, 0.7, 0.7, 0.5)
+    """Share of seed solutions per module (same order as `modules`) that make the module's
+    systematic mistake: the stand-in for imperfect pre-training data."""
+    corpus_per_module: int = 2000
+    corpus_difficulty: tuple[float, ...] = (0.0, 0.4)
+    """Band of the generator's difficulty range the corpus is drawn from (low, high)."""
+    corpus_seed: int = 7
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 768
+    max_seq_len: int = 512
+    batch_tokens: int = 6144
+    """Padded tokens per optimiser step of the pre-training."""
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    max_steps: int = 600
+    time_budget_s: float = 600.0
+    """Stop pre-training early (with a warning) if it takes longer than this."""
+    dtype: str = "float32"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train: tuple[str, ...] = ()
     """Problem files or artefacts (JSONL, JSON, Parquet; local or s3://) searched for training data."""
@@ -154,6 +193,9 @@ class EvalConfig:
     temperature: float = 1.0
     max_problems: int = 0
     """Cap per benchmark (0 = all)."""
+    controls: tuple[str, ...] = ()
+    """Compute-matched controls trained and evaluated every round: `rejection` (outcome-only
+    data from the same policy) and `continued` (more seed corpus; embedded default only)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +210,7 @@ class RunConfig:
     rounds: int = 4
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)

@@ -1,0 +1,160 @@
+"""Training data for the two compute-matched controls each round is measured against.
+
+  rejection  outcome-only data: the round's search policy samples N whole solutions per
+             problem (N = the round's rollout budget), and those with a correct final
+             answer are kept, up to `sft_per_problem` per problem, whatever their steps;
+  continued  more of the seed corpus the base model was pre-trained on.
+
+Both are cut to exactly as many examples as the round's MCTS-selected SFT data (a
+seeded sample), and both are trained from the base model with the same settings,
+so the only difference from the round's policy is where the data came from.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+
+from rstar_math.artifacts import ArtifactRef, write_artifact
+from rstar_math.config import RunConfig
+from rstar_math.data.schemas import SFT_DATA, write_table
+from rstar_math.grading import answers_match
+from rstar_math.lineage import RunContext
+from rstar_math.search.mcts import Problem
+from rstar_math.search.sampling import SamplingSettings, sample_trajectories
+from rstar_math.stages.io import read_artifact_table, read_problem_set
+from rstar_math.stages.rollout import select_shard
+
+DATA_FILE = "sft_data.parquet"
+
+
+def _sized(rows: list[dict], size: int, seed: int) -> list[dict]:
+    if len(rows) <= size:
+        return rows
+    picked = sorted(random.Random(seed).sample(range(len(rows)), size))
+    return [rows[i] for i in picked]
+
+
+def rejection_sampled_data(
+    problems: str | ArtifactRef,
+    policy: str | ArtifactRef,
+    match: str | ArtifactRef,
+    out: str | ArtifactRef,
+    *,
+    config: RunConfig,
+    round: int,
+    context: RunContext,
+    engine=None,
+    executor=None,
+) -> int:
+    """Outcome-only SFT data of the same size as `match`; returns its number of examples."""
+    from rstar_math.models.factory import make_engine
+    from rstar_math.sandbox import ExecutorPool
+
+    target = read_artifact_table(match, SFT_DATA).num_rows
+    rows = select_shard(read_problem_set(problems), 0, 1, config.data.max_train_problems)
+    todo = [Problem(r["problem_id"], r["question"], r["answer"], 0) for r in rows]
+    sources = {r["problem_id"]: r["source"] for r in rows}
+    search = config.search
+    settings = SamplingSettings(n=search.rollouts_for(round), temperature=search.temperature, top_p=search.top_p,
+                                max_depth=search.max_depth, max_consecutive_errors=search.max_consecutive_errors,
+                                max_step_tokens=search.max_step_tokens)
+    policy_ref = ArtifactRef.of(policy)
+    engine = engine or make_engine(policy_ref.path or policy_ref.uri, config.model, seed=config.seed + 31 * round)
+    own_pool = executor is None
+    executor = executor or ExecutorPool.from_config(config.sandbox)
+    try:
+        samples = sample_trajectories(todo, engine, executor, settings)
+    finally:
+        if own_pool:
+            executor.close()
+    kept = []
+    for problem in todo:
+        correct = [t for t in samples[problem.problem_id] if t.answer is not None and answers_match(t.answer, problem.answer)]
+        seen: set[str] = set()
+        for trajectory in correct:
+            if trajectory.completion in seen:
+                continue
+            seen.add(trajectory.completion)
+            kept.append({"problem_id": problem.problem_id, "prompt": trajectory.text[: -len(trajectory.completion)],
+                         "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
+            if len(seen) >= config.select.sft_per_problem:
+                break
+    kept = _sized(kept, target, config.seed + round)
+    with write_artifact(out, kind="sft_data", stage="control_rejection", context=context, round=round,
+                        inputs={"problems": problems, "policy": policy, "matched_to": match},
+                        params={"samples_per_problem": settings.n, "target": target}) as out_dir:
+        write_table(pa.Table.from_pylist(kept, schema=SFT_DATA.schema), out_dir / DATA_FILE, SFT_DATA)
+    return len(kept)
+
+
+def corpus_sample(
+    corpus: str | ArtifactRef,
+    match: str | ArtifactRef,
+    out: str | ArtifactRef,
+    *,
+    seed: int,
+    round: int,
+    context: RunContext,
+) -> int:
+    """A seeded sample of the seed corpus, as many examples as `match`."""
+    target = read_artifact_table(match, SFT_DATA).num_rows
+    rows = _sized(read_artifact_table(corpus, SFT_DATA).to_pylist(), target, seed + round)
+    with write_artifact(out, kind="sft_data", stage="control_continued", context=context, round=round,
+                        inputs={"corpus": corpus, "matched_to": match}, params={"target": target}) as out_dir:
+        write_table(pa.Table.from_pylist(rows, schema=SFT_DATA.schema), out_dir / DATA_FILE, SFT_DATA)
+    return len(rows)
+
+
+def run_controls(
+    problems: str | ArtifactRef,
+    held_out: str | ArtifactRef,
+    base_model: str | ArtifactRef,
+    search_policy: str | ArtifactRef,
+    seed_corpus: str | ArtifactRef,
+    sft_data: str | ArtifactRef,
+    out: str | ArtifactRef,
+    *,
+    config: RunConfig,
+    round: int,
+    context: RunContext,
+) -> list:
+    """Build, train (from the base model, like the round's policy) and evaluate (greedy) each control.
+
+    Metric rows are named `control_<kind>`; the control data and policies are scratch.
+    """
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from rstar_math.data.schemas import METRICS
+    from rstar_math.evaluation.metrics import MetricRow
+    from rstar_math.stages.evaluate import evaluate, metrics_table
+    from rstar_math.stages.train import train_policy
+
+    rows: list[MetricRow] = []
+    greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
+    with tempfile.TemporaryDirectory(prefix="rstar-controls-") as tmp:
+        for kind in config.evaluate.controls:
+            data, policy, evaluation = (str(Path(tmp) / f"{kind}-{name}") for name in ("data", "policy", "eval"))
+            if kind == "rejection":
+                size = rejection_sampled_data(problems, search_policy, sft_data, data, config=config, round=round,
+                                              context=context)
+            elif kind == "continued":
+                if read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0:
+                    continue  # an external base model comes without its pre-training corpus
+                size = corpus_sample(seed_corpus, sft_data, data, seed=config.seed, round=round, context=context)
+            else:
+                raise ValueError(f"unknown control {kind!r} in evaluate.controls (known: rejection, continued)")
+            train_policy(base_model, data, policy, config=config, context=context, round=round)
+            result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
+                              context=context)
+            rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
+            rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
+    with write_artifact(out, kind="metrics", stage="controls", context=context, round=round,
+                        inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
+                                "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
+                        params={"controls": list(config.evaluate.controls)}) as out_dir:
+        write_table(metrics_table(rows), out_dir / "metrics.parquet", METRICS)
+    return rows

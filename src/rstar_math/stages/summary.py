@@ -1,0 +1,176 @@
+"""Round reports and the run summary: everything a run measured, in one metrics table.
+
+    round_report(2, evaluation_uri, history_out, context=ctx, sft_data=..., policy=..., ppm=...,
+                 controls=..., previous=round1_history)
+    text = summarize(history_uri, final_policy_uri, final_ppm_uri, summary_path=..., report_path=..., config=cfg)
+
+A round's history is the previous round's history plus this round's rows: held-out
+accuracy by method (evaluate), the controls' accuracy, and what the stages
+recorded about themselves: solved share, verify verdicts, data sizes, the PPM's
+held-out pairwise accuracy, tokens, and seconds per stage. The summary renders it
+(a Markdown table of held-out accuracy per round and method, an HTML report with
+plots) and audits the lineage of the final policy and PPM.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+
+from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
+from rstar_math.config import RunConfig
+from rstar_math.data.schemas import METRICS, read_table, write_table
+from rstar_math.evaluation.metrics import MetricRow
+from rstar_math.evaluation.report import render_report
+from rstar_math.lineage import RunContext, audit
+from rstar_math.stages.evaluate import METRICS_FILE
+
+HISTORY_FILE = "history.parquet"
+TRAINING_RESULT = "training_result.json"
+SELECT_REPORT = "select_report.json"
+
+
+def _read_json(ref: ArtifactRef | None, name: str) -> dict:
+    if ref is None:
+        return {}
+    with open_artifact(ref) as (path, _):
+        file = path / name
+        return json.loads(file.read_text()) if file.exists() else {}
+
+
+def _read_metrics(ref: ArtifactRef | None, name: str) -> list[dict]:
+    if ref is None:
+        return []
+    with open_artifact(ref) as (path, _):
+        return read_table(path / name, METRICS).to_pylist()
+
+
+def _stage_rows(run_id: str, round: int, select: dict, policy: dict, ppm: dict) -> list[MetricRow]:
+    rows: list[MetricRow] = []
+
+    def add(benchmark: str, method: str, metric: str, value, count=None) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(MetricRow(run_id, round, benchmark, method, metric, float(value), count=count))
+
+    totals = select.get("totals", {})
+    verify = select.get("verify", {})
+    search = verify.get("search", {})
+    if totals:
+        add("train", "search", "solved_share", totals["solved"] / max(1, totals["problems"]), totals["problems"])
+        add("train", "select", "contributed_share", totals.get("contributed_share"), totals["problems"])
+        for key in ("sft_examples", "step_pairs", "final_pairs"):
+            add("train", "select", key, totals.get(key))
+        add("train", "select", "seconds", select.get("seconds"))
+    for key in ("terminals", "correct", "wrong", "exec_failures", "disagreements"):
+        add("train", "verify", key, verify.get("counts", {}).get(key))
+    add("train", "verify", "seconds", verify.get("seconds"))
+    for key in ("rollouts", "generated_tokens", "executor_calls", "engine_s", "executor_s", "bookkeeping_s"):
+        add("train", "search", key, search.get(key))
+    add("train", "search", "seconds", search.get("wall_s"))
+    for name, result in (("train_policy", policy), ("train_ppm", ppm)):
+        add("train", name, "seconds", result.get("train_time_s"))
+        add("train", name, "final_loss", result.get("final_loss"))
+        add("train", name, "tokens_per_s", result.get("tokens_per_s"))
+    held_out = ppm.get("heldout") or []
+    if held_out:
+        last = held_out[-1]["metrics"]
+        add("train", "train_ppm", "ppm_pairwise_accuracy", last.get("pairwise_accuracy"), last.get("pairs"))
+    return rows
+
+
+def round_report(
+    round: int,
+    evaluation: str | ArtifactRef,
+    out: str | ArtifactRef,
+    *,
+    context: RunContext,
+    sft_data: ArtifactRef | None = None,
+    policy: ArtifactRef | None = None,
+    ppm: ArtifactRef | None = None,
+    controls: ArtifactRef | None = None,
+    previous: ArtifactRef | None = None,
+) -> pa.Table:
+    """The history so far with this round's rows appended (round 0: the base model's evaluation only)."""
+    evaluation = ArtifactRef.of(evaluation)
+    rows = _read_metrics(previous, HISTORY_FILE) + _read_metrics(evaluation, METRICS_FILE)
+    rows += _read_metrics(controls, METRICS_FILE)
+    stage = _stage_rows(context.run_id, round, _read_json(sft_data, SELECT_REPORT), _read_json(policy, TRAINING_RESULT),
+                        _read_json(ppm, TRAINING_RESULT))
+    rows += [asdict(r) for r in stage]
+    table = pa.Table.from_pylist(rows, schema=METRICS.schema)
+    inputs = {name: ref for name, ref in (("evaluation", evaluation), ("sft_data", sft_data), ("policy", policy),
+                                          ("ppm", ppm), ("controls", controls), ("previous", previous)) if ref}
+    with write_artifact(out, kind="metrics", stage="round_report", context=context, round=round,
+                        inputs=inputs) as out_dir:
+        write_table(table, out_dir / HISTORY_FILE, METRICS)
+    return table
+
+
+def accuracy_table(rows: list[dict], benchmark: str = "held_out") -> str:
+    """Held-out accuracy per round (rows) and method (columns), as a Markdown table."""
+    cells: dict[tuple[int, str], float] = {}
+    for r in rows:
+        if r["benchmark"] == benchmark and r["metric"] == "accuracy" and r["method"] != "pass_at_n":
+            cells[(r["round"], r["method"] + (f"@{r['n']}" if r["n"] else ""))] = r["value"]
+    rounds = sorted({k[0] for k in cells})
+    order = ["greedy", "majority_vote", "best_of_n_ppm", "mcts_ppm", "mcts_ppm_vote", "control"]
+    methods = sorted({k[1] for k in cells},
+                     key=lambda m: (next((i for i, p in enumerate(order) if m.startswith(p)), 99), m))
+    lines = ["| round | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for rnd in rounds:
+        values = [f"{100 * cells[(rnd, m)]:.1f}" if (rnd, m) in cells else "-" for m in methods]
+        lines.append(f"| {rnd} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def _round_table(rows: list[dict]) -> str:
+    """Search, data and PPM measurements per round."""
+    wanted = [("search", "solved_share"), ("select", "sft_examples"), ("select", "step_pairs"),
+              ("select", "final_pairs"), ("verify", "disagreements"), ("train_ppm", "ppm_pairwise_accuracy")]
+    seconds = sorted({r["method"] for r in rows if r["metric"] == "seconds"})
+    columns = [f"{m}.{k}" for m, k in wanted] + [f"{m} s" for m in seconds]
+    cells: dict[tuple[int, str], float] = {}
+    for r in rows:
+        if (r["method"], r["metric"]) in wanted:
+            cells[(r["round"], f"{r['method']}.{r['metric']}")] = r["value"]
+        elif r["metric"] == "seconds":
+            cells[(r["round"], f"{r['method']} s")] = r["value"]
+    rounds = sorted({k[0] for k in cells})
+    if not rounds:
+        return ""
+    lines = ["| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for rnd in rounds:
+        values = [f"{cells[(rnd, c)]:.3g}" if (rnd, c) in cells else "-" for c in columns]
+        lines.append(f"| {rnd} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def summarize(
+    history: str | ArtifactRef,
+    policy: str | ArtifactRef,
+    ppm: str | ArtifactRef,
+    *,
+    summary_path: str | Path,
+    report_path: str | Path,
+    config: RunConfig,
+) -> str:
+    """Write the Markdown summary and the HTML report; returns the accuracy table."""
+    rows = _read_metrics(ArtifactRef.of(history), HISTORY_FILE)
+    table = accuracy_table(rows)
+    lineage = {name: audit(ArtifactRef.of(ref).path or ArtifactRef.of(ref).uri) for name, ref in
+               (("policy", policy), ("ppm", ppm))}
+    parts = [
+        f"# Self-evolution run: {config.name}",
+        f"Held-out accuracy (%) per round and method (round 0 is the base model; N after @):\n\n{table}",
+        f"Search, data and time per round:\n\n{_round_table(rows)}",
+    ]
+    for name, report in lineage.items():
+        verdict = "all hashes verified" if report.ok else "PROBLEMS: " + "; ".join(report.problems)
+        parts.append(f"Lineage of the final {name} ({verdict}):\n\n```\n{report.render()}\n```")
+    Path(summary_path).write_text("\n\n".join(parts) + "\n")
+    notes = "Round 0 is the base model. Controls are trained from the base model on data of the round's size."
+    Path(report_path).write_text(render_report(rows, title=f"Self-evolution run: {config.name}", notes=notes))
+    return table
