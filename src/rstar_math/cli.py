@@ -1,8 +1,10 @@
 """The `rstar` command line.
 
-    rstar run                         the main job on the embedded default (see README.md)
+    rstar run                         the self-evolution pipeline, locally, on the embedded default
     rstar config paper                print a preset (or a YAML file) with overrides applied
     rstar schema trees                the columns of an artefact kind
+    rstar compile                     write the Kubeflow YAML (pipelines/, components/)
+    rstar kfp upload|schedule|submit|runs   operate the pipeline on a cluster
     rstar intake FILE... --out URI    problem files in, a deduplicated problems artefact out
     rstar lineage URI                 walk an artefact's lineage to its roots and verify every hash
     rstar s3-server --root DIR        a local S3 server (rclone) for runs without a cloud bucket
@@ -83,21 +85,53 @@ def cmd_s3_server(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rstar_math.lineage import audit
-    from rstar_math.stages.intake import generate
-    from rstar_math.store import join
+    from rstar_math.orchestration.local import run_locally
 
-    config = load_config(args.config, args.set)
-    context = _context(args, config)
-    root = join(args.root or config.storage.root, context.run_id)
-    train_uri, eval_uri = join(root, "problems", "train"), join(root, "problems", "held_out")
-    n_train, n_eval = generate(config.data.generator, train_uri, eval_uri, context=context)
-    print(f"run {context.run_id}: {n_train} training and {n_eval} held-out problems under {root}")
-    for uri in (train_uri, eval_uri):
-        report = audit(uri)
-        print(report.render())
-        if not report.ok:
-            return 1
+    run_id = args.run_id or os.environ.get("RSTAR_RUN_ID") or f"local-{uuid.uuid4().hex[:8]}"
+    root = Path(args.root)
+    print(f"run {run_id}: the self-evolution pipeline ({args.config}) with kfp.local under {root}", flush=True)
+    result = run_locally(args.config, args.set, root=root, run_id=run_id, rounds=args.rounds, quiet=not args.verbose)
+    print(result.summary)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from rstar_math.orchestration.compile import compile_all, stale_files
+
+    if args.check:
+        stale = stale_files(args.root)
+        for path in stale:
+            print(f"stale: {path}")
+        if stale:
+            print("run `rstar compile` and commit the result", file=sys.stderr)
+        return 1 if stale else 0
+    for path in compile_all(args.root):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_kfp(args) -> int:
+    from rstar_math.orchestration import operator
+
+    endpoint = operator.Endpoint.from_args(args.host, args.namespace, args.token)
+    client = endpoint.client()
+    if args.kfp_command == "upload":
+        pipeline_id, version_id = operator.upload(client, args.pipeline_file, args.name, args.version)
+        print(f"pipeline {args.name}: id {pipeline_id}, version {version_id}")
+    elif args.kfp_command == "schedule":
+        run_id = operator.schedule(client, name=args.name, cron=args.cron, experiment=args.experiment,
+                                   namespace=endpoint.namespace, pipeline_name=args.pipeline_name,
+                                   params=operator.parse_params(args.param), max_concurrency=args.max_concurrency)
+        print(f"recurring run {args.name} ({args.cron}): {run_id}")
+    elif args.kfp_command == "submit":
+        run_name = args.run_name or f"{args.pipeline_name}-{uuid.uuid4().hex[:6]}"
+        run_id = operator.submit(client, experiment=args.experiment, namespace=endpoint.namespace,
+                                 pipeline_name=args.pipeline_name, run_name=run_name,
+                                 params=operator.parse_params(args.param))
+        print(f"run {run_name}: {run_id}")
+    else:
+        for run in operator.list_runs(client, experiment=args.experiment, namespace=endpoint.namespace):
+            print(f"{run['created_at']}  {run['state']:<10}  {run['run_id']}  {run['name']}")
     return 0
 
 
@@ -115,9 +149,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         return p
 
-    p = with_run_id(with_config(sub.add_parser("run", help="run the main job on a config (default: embedded default)")))
-    p.add_argument("--root", help="where the run's artefacts go (default: the config's storage.root)")
+    p = with_run_id(with_config(sub.add_parser("run", help="run the self-evolution pipeline locally with kfp.local")))
+    p.add_argument("--root", default="runs", help="where the local run keeps its artefacts (default: %(default)s)")
+    p.add_argument("--rounds", type=int, help="rounds to run, 1 to 4 (default: the config's)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile the pipeline and components to YAML")
+    p.add_argument("--root", default=".", help="repository root to write under (default: %(default)s)")
+    p.add_argument("--check", action="store_true", help="only check that the checked-in YAML is current")
+    p.set_defaults(func=cmd_compile)
+
+    kfp_parser = sub.add_parser("kfp", help="operate the pipeline on a Kubeflow cluster (KFP API)")
+    kfp_sub = kfp_parser.add_subparsers(dest="kfp_command", required=True)
+
+    def with_endpoint(p):
+        p.add_argument("--host", help="KFP API endpoint (default: $KFP_HOST, or in-cluster)")
+        p.add_argument("--namespace", help="Kubeflow profile namespace (default: $KFP_NAMESPACE or kubeflow)")
+        p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, or the service-account token)")
+        p.set_defaults(func=cmd_kfp)
+        return p
+
+    p = with_endpoint(kfp_sub.add_parser("upload", help="upload the compiled pipeline (or a new version of it)"))
+    p.add_argument("--pipeline-file", default="pipelines/self_evolution.yaml")
+    p.add_argument("--name", default="rstar-self-evolution")
+    p.add_argument("--version", help="version name (default: the first upload is the version)")
+    for name, help_text in (("schedule", "create or replace a recurring run"), ("submit", "start one run")):
+        p = with_endpoint(kfp_sub.add_parser(name, help=help_text))
+        p.add_argument("--experiment", default="rstar-math")
+        p.add_argument("--pipeline-name", default="rstar-self-evolution")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+        if name == "schedule":
+            p.add_argument("--name", required=True, help="recurring run name")
+            p.add_argument("--cron", required=True, help='six-field cron, e.g. "0 0 2 * * *" (02:00 daily)')
+            p.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default: 1, no overlap)")
+        else:
+            p.add_argument("--run-name")
+    p = with_endpoint(kfp_sub.add_parser("runs", help="list recent runs"))
+    p.add_argument("--experiment")
 
     p = sub.add_parser("config", help="print a resolved config")
     p.add_argument("source", nargs="?", default="default", help="preset name or YAML file")

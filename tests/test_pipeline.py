@@ -1,0 +1,146 @@
+"""The compiled Kubeflow YAML: current with the Python, and shaped as the cluster needs it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rstar_math.orchestration.compile import COMPONENTS_DIR, PIPELINE_FILE, stale_files
+from rstar_math.orchestration.components import COMPONENTS
+from rstar_math.orchestration.pipeline import MAX_ROUNDS
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_STAGES = ("rollout", "train-ppm", "train-policy", "controls", "evaluate", "prepare-base-model")
+CPU_STAGES = ("verify", "select", "round-report", "summarize", "resolve-config", "prepare-problems")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    spec, platform = yaml.safe_load_all((ROOT / PIPELINE_FILE).read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec):
+    """(component name, task spec) of every task in every DAG of the pipeline."""
+    yield from (("root", name, task) for name, task in spec["root"]["dag"]["tasks"].items())
+    for comp_name, comp in spec["components"].items():
+        for name, task in comp.get("dag", {}).get("tasks", {}).items():
+            yield comp_name, name, task
+
+
+def _stage(executor_name: str) -> str:
+    return re.sub(r"-\d+$", "", executor_name.removeprefix("exec-"))
+
+
+def test_checked_in_yaml_matches_the_python():
+    assert stale_files(ROOT) == [], "run `rstar compile` and commit the result"
+
+
+def test_every_component_has_its_compiled_spec():
+    for name in COMPONENTS:
+        component = yaml.safe_load((ROOT / COMPONENTS_DIR / name / "component.yaml").read_text())
+        assert component["pipelineInfo"]["name"] == name.replace("_", "-")
+        command = " ".join(component["deploymentSpec"]["executors"][f"exec-{name.replace('_', '-')}"]["container"]["command"])
+        assert "pip install" not in command  # the package is in the image
+
+
+def test_rounds_are_nested_so_one_pipeline_runs_one_to_four(compiled):
+    spec, _ = compiled
+    rounds = [(comp, task) for comp, _, task in _tasks(spec)
+              if task["componentRef"]["name"].startswith(("comp-self-evolution-first-round", "comp-self-evolution-round"))]
+    assert len(rounds) == MAX_ROUNDS == 4
+    conditions = [task["triggerPolicy"]["condition"] for _, _, task in _tasks(spec) if "triggerPolicy" in task]
+    for r in range(1, MAX_ROUNDS + 1):
+        assert f"int(inputs.parameter_values['pipelinechannel--rounds']) >= {r}" in conditions
+        assert f"int(inputs.parameter_values['pipelinechannel--rounds']) == {r}" in conditions
+    first = [c for c, t in rounds if t["componentRef"]["name"] == "comp-self-evolution-first-round"]
+    assert len(first) == 1
+
+
+def test_later_rounds_search_with_the_previous_rounds_policy_and_ppm(compiled):
+    spec, _ = compiled
+    previous_task = {"self-evolution-round": "self-evolution-first-round",
+                     "self-evolution-round-2": "self-evolution-round", "self-evolution-round-3": "self-evolution-round-2"}
+    later = {name: t for _, name, t in _tasks(spec) if t["componentRef"]["name"].startswith("comp-self-evolution-round")}
+    assert sorted(later) == sorted(previous_task)
+    for name, task in later.items():
+        artifacts = task["inputs"]["artifacts"]
+        for given, output in (("policy", "policy"), ("ppm", "ppm"), ("previous", "verified"), ("history", "history")):
+            channel = artifacts[given]["componentInputArtifact"]
+            assert channel == f"pipelinechannel--{previous_task[name]}-{output}", (name, given)
+        assert artifacts["base_model"]["componentInputArtifact"].endswith("prepare-base-model-base_model")
+
+
+def test_rollout_and_verify_fan_out_over_shards(compiled):
+    spec, _ = compiled
+    loops = [c for name, c in spec["components"].items() if name.startswith("comp-for-loop")]
+    assert len(loops) == MAX_ROUNDS
+    for loop in loops:
+        assert {t["componentRef"]["name"].rsplit("-", 1)[0] if t["componentRef"]["name"][-1].isdigit()
+                else t["componentRef"]["name"] for t in loop["dag"]["tasks"].values()} == {"comp-rollout", "comp-verify"}
+    selects = [t for _, _, t in _tasks(spec) if t["componentRef"]["name"].startswith("comp-select")]
+    assert all("parameterExpressionSelector" not in str(t) for t in selects)
+    assert all(t["inputs"]["artifacts"]["verified_shards"]["taskOutputArtifact"]["producerTask"].startswith("for-loop")
+               for t in selects)
+
+
+def test_gpu_stages_request_accelerators_on_the_gpu_pool(compiled):
+    spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        stage = _stage(name)
+        resources = executor["container"].get("resources", {})
+        k8s = platform[name]
+        if stage in GPU_STAGES:
+            assert "accelerator" in resources, name
+            assert k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
+            assert k8s["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+        else:
+            assert stage in CPU_STAGES, name
+            assert "accelerator" not in resources, name
+            assert k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("cpu_node_selector")
+        assert executor["container"]["image"].startswith("{{$.inputs.parameters['pipelinechannel--")
+
+
+def test_s3_credentials_come_from_a_secret_not_parameters(compiled):
+    spec, platform = compiled
+    for name, k8s in platform.items():
+        [secret] = k8s["secretAsEnv"]
+        assert {e["envVar"] for e in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert k8s["fieldPathAsEnv"][0]["name"] == "RSTAR_RUN_ID"
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in parameters if re.search(r"access_key|secret_key|password|token", p)]
+
+
+def test_tasks_cache_and_retry(compiled):
+    spec, _ = compiled
+    for _, name, task in _tasks(spec):
+        if task["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop", "comp-self-evolution")):
+            continue
+        assert task["cachingOptions"]["enableCache"] is True, name
+        retries = task["retryPolicy"]["maxRetryCount"]
+        assert retries == (2 if name.startswith(("rollout", "train-", "controls", "prepare-base-model")) else 1), name
+
+
+def test_the_ui_shows_readable_names_and_descriptions(compiled):
+    spec, _ = compiled
+    assert spec["pipelineInfo"]["name"] == "rstar-self-evolution"
+    assert "self-evolution" in spec["pipelineInfo"]["description"]
+    display = {t["taskInfo"]["name"] for _, _, t in _tasks(spec)}
+    assert {"rollout", "verify", "select", "train-ppm", "train-policy", "evaluate", "summarize"} <= display
+    assert {"round 1", "round 4"} <= display
+
+
+def test_pods_running_model_code_are_labelled_for_the_network_policy(compiled):
+    spec, platform = compiled
+    labelled = set()
+    for name, k8s in platform.items():
+        labels = k8s["podMetadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "rstar-math"
+        assert k8s["securityContext"]["runAsNonRoot"] is True
+        if labels.get("rstar-math.io/executes-model-code") == "true":
+            labelled.add(_stage(name))
+    assert labelled == {"rollout", "verify", "evaluate", "controls"}
