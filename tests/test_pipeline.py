@@ -144,3 +144,36 @@ def test_pods_running_model_code_are_labelled_for_the_network_policy(compiled):
         if labels.get("rstar-math.io/executes-model-code") == "true":
             labelled.add(_stage(name))
     assert labelled == {"rollout", "verify", "evaluate", "controls"}
+
+
+@pytest.fixture(scope="module")
+def nightly():
+    from rstar_math.orchestration.compile import NIGHTLY_FILE
+
+    spec, platform = yaml.safe_load_all((ROOT / NIGHTLY_FILE).read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_nightly_continues_from_the_registry_and_promotes_after_the_last_round(nightly):
+    spec, _ = nightly
+    assert {"problem_prefix", "registry", "promotion_gate"} <= set(spec["root"]["inputDefinitions"]["parameters"])
+    tasks = list(_tasks(spec))
+    rounds = [t for _, _, t in tasks if t["componentRef"]["name"].startswith("comp-self-evolution")]
+    assert len(rounds) == MAX_ROUNDS and not [t for t in rounds if "first-round" in t["componentRef"]["name"]]
+    round_one = next(t for t in rounds if t["inputs"]["artifacts"]["policy"]["componentInputArtifact"].endswith(
+        "registry-start-policy"))
+    assert round_one["inputs"]["artifacts"]["ppm"]["componentInputArtifact"].endswith("registry-start-ppm")
+    promotes = [t for _, _, t in tasks if t["componentRef"]["name"].startswith("comp-promote")]
+    assert len(promotes) == MAX_ROUNDS  # one per `rounds == r` branch; exactly one runs
+    uncached = {name for _, name, t in tasks if not t.get("cachingOptions", {}).get("enableCache", False)
+                and not t["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop", "comp-self-evolution"))}
+    assert {"nightly-intake", "registry-start", "promote"} <= {re.sub(r"-\d+$", "", n) for n in uncached}
+
+
+def test_an_empty_night_trains_nothing(nightly):
+    spec, _ = nightly
+    conditions = {t["triggerPolicy"]["condition"]: t for _, _, t in _tasks(spec) if "triggerPolicy" in t}
+    empty = conditions["int(inputs.parameter_values['pipelinechannel--nightly-intake-Output']) == 0"]
+    body = spec["components"][empty["componentRef"]["name"]]["dag"]["tasks"]
+    assert [t["componentRef"]["name"] for t in body.values()] == ["comp-no-new-problems"]
+    assert "int(inputs.parameter_values['pipelinechannel--nightly-intake-Output']) > 0" in conditions

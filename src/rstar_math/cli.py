@@ -55,14 +55,18 @@ def cmd_intake(args) -> int:
 
 def cmd_lineage(args) -> int:
     from rstar_math.lineage import audit
+    from rstar_math.stages.registry import audit_pointer, is_pointer
 
-    report = audit(args.uri)
+    reports = audit_pointer(args.uri) if is_pointer(args.uri) else {"": audit(args.uri)}
     if args.json:
-        print(json.dumps({"target": report.target, "ok": report.ok, "problems": report.problems,
-                          "roots": report.roots, "artefacts": list(report.nodes)}, indent=2))
+        print(json.dumps({name or "artefact": {"target": r.target, "ok": r.ok, "problems": r.problems, "roots": r.roots,
+                                               "artefacts": list(r.nodes)} for name, r in reports.items()}, indent=2))
     else:
-        print(report.render())
-    return 0 if report.ok else 1
+        for name, report in reports.items():
+            if name:
+                print(f"== {name}")
+            print(report.render())
+    return 0 if all(r.ok for r in reports.values()) else 1
 
 
 def cmd_s3_server(args) -> int:
@@ -201,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artefact URI to write")
     p.set_defaults(func=cmd_intake)
 
-    p = sub.add_parser("lineage", help="audit an artefact's lineage back to its roots")
-    p.add_argument("uri")
+    p = sub.add_parser("lineage", help="audit an artefact's (or the registry pointer's) lineage back to its roots")
+    p.add_argument("uri", help="an artefact URI, or the nightly registry pointer (promoted.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
 

@@ -231,6 +231,48 @@ def summarize(config_yaml: str, history: Input[Dataset], policy: Input[Model], p
     return table
 
 
+@component(base_image=CPU_IMAGE)
+def nightly_intake(config_yaml: str, problem_prefix: str, registry: str, train: Output[Dataset],
+                   held_out: Output[Dataset]) -> int:
+    """Problem files under the prefix not consumed by an earlier night, deduplicated against every earlier night."""
+    from rstar_math.orchestration.glue import ref, setup
+    from rstar_math.stages.registry import intake_new_problems
+
+    config, context = setup(config_yaml)
+    return intake_new_problems(problem_prefix, registry, ref(train), ref(held_out), config=config, context=context)
+
+
+@component(base_image=TRAIN_IMAGE)
+def registry_start(config_yaml: str, registry: str, base_model: Input[Model], policy: Output[Model],
+                   ppm: Output[Model], previous: Output[Dataset]) -> bool:
+    """The promoted policy, PPM and verified trees to continue from (the base model on the first night)."""
+    from rstar_math.orchestration.glue import ref, setup
+    from rstar_math.stages.registry import start_from_registry
+
+    config, context = setup(config_yaml)
+    return start_from_registry(registry, ref(base_model), ref(policy), ref(ppm), ref(previous), config=config,
+                               context=context)
+
+
+@component(base_image=CPU_IMAGE)
+def promote(config_yaml: str, registry: str, promotion_gate: float, history: Input[Dataset], policy: Input[Model],
+            ppm: Input[Model], verified: Input[Dataset], train: Input[Dataset], decision: Output[Dataset]) -> str:
+    """Move the registry pointer to tonight's models if held-out accuracy passes the gate; mark the files consumed."""
+    from rstar_math.orchestration.glue import ref, setup
+    from rstar_math.stages.registry import promote
+
+    config, context = setup(config_yaml)
+    result = promote(registry, ref(history), ref(policy), ref(ppm), ref(verified), ref(train), ref(decision),
+                     gate=promotion_gate, context=context)
+    return ("promoted: " if result.promoted else "not promoted: ") + result.reason
+
+
+@component(base_image=CPU_IMAGE)
+def no_new_problems(problem_prefix: str) -> str:
+    """An empty night: nothing new under the prefix, so nothing is trained."""
+    return f"no new problem files under {problem_prefix}; nothing to do"
+
+
 COMPONENTS = {
     "resolve_config": resolve_config,
     "prepare_base_model": prepare_base_model,
@@ -244,4 +286,8 @@ COMPONENTS = {
     "evaluate": evaluate,
     "round_report": round_report,
     "summarize": summarize,
+    "nightly_intake": nightly_intake,
+    "registry_start": registry_start,
+    "promote": promote,
+    "no_new_problems": no_new_problems,
 }

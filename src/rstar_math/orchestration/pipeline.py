@@ -35,6 +35,7 @@ from rstar_math.orchestration import components as c
 
 MAX_ROUNDS = 4
 PIPELINE_NAME = "rstar-self-evolution"
+NIGHTLY_PIPELINE_NAME = "rstar-nightly-re-evolution"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 S3_CONFIG_KEYS = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}
 RETRIES = {"rollout": 2, "train": 2, "default": 1}
@@ -163,6 +164,63 @@ def later_round(config_yaml: str, round: int, shard_ids: list, base_model: Model
                   ppm=ppm, previous=previous)
 
 
+class Start(NamedTuple):
+    """Models a run continues from instead of the base model (nightly runs)."""
+
+    policy: Model
+    ppm: Model
+    previous: Dataset
+
+
+def _evolve(*, rounds, config_yaml, shard_ids, base_model, train, held_out, seed_corpus, history, p: Placement,
+            finish, start: Start | None = None) -> None:
+    """Round 1..MAX_ROUNDS as nested conditions on `rounds`; `finish(round_task)` runs after the last one."""
+    placement = dict(p._asdict())
+    state = None
+    with contextlib.ExitStack() as nesting:
+        for r in range(1, MAX_ROUNDS + 1):
+            nesting.enter_context(dsl.If(rounds >= r, name=f"round-{r}"))
+            common = dict(config_yaml=config_yaml, round=r, shard_ids=shard_ids, base_model=base_model, train=train,
+                          held_out=held_out, seed_corpus=seed_corpus, **placement)
+            if state is not None:
+                step = later_round(policy=state.outputs["policy"], ppm=state.outputs["ppm"],
+                                   previous=state.outputs["verified"], history=state.outputs["history"], **common)
+            elif start is not None:
+                step = later_round(policy=start.policy, ppm=start.ppm, previous=start.previous, history=history,
+                                   **common)
+            else:
+                step = first_round(history=history, **common)
+            step.set_display_name(f"round {r}")
+            state = step
+            with dsl.If(rounds == r, name=f"after-round-{r}"):
+                finish(step)
+
+
+def _resolve(p: Placement, **params) -> dsl.PipelineTask:
+    resolved = c.resolve_config(**params)
+    return on_cpu(resolved, "resolve-config", p, cpu="1", memory="1G")
+
+
+def _base_model(p: Placement, config_yaml, train, held_out) -> dsl.PipelineTask:
+    base = c.prepare_base_model(config_yaml=config_yaml, train=train, held_out=held_out)
+    return on_gpu(base, "prepare-base-model", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
+
+
+def _round_zero(p: Placement, config_yaml, policy, held_out, ppm=None) -> dsl.PipelineTask:
+    """Held-out accuracy of the models the run starts from: round 0 of the history."""
+    baseline = c.evaluate(config_yaml=config_yaml, round=0, policy=policy, held_out=held_out,
+                          **({"ppm": ppm} if ppm is not None else {}))
+    on_gpu(baseline, "evaluate-base-model", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
+    history = c.round_report(config_yaml=config_yaml, round=0, evaluation=baseline.outputs["evaluation"])
+    return on_cpu(history, "round-report", p, cpu="1", memory="2G")
+
+
+def _summarize(p: Placement, config_yaml, step) -> dsl.PipelineTask:
+    summary = c.summarize(config_yaml=config_yaml, history=step.outputs["history"], policy=step.outputs["policy"],
+                          ppm=step.outputs["ppm"])
+    return on_cpu(summary, "summarize", p, cpu="1", memory="2G")
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="rStar-Math self-evolution: MCTS over code-augmented steps, verification, PPM and policy training, "
@@ -194,38 +252,76 @@ def self_evolution(
     problem files (URIs; empty = the preset's), `rounds` (1-4), `shards` (0 = the preset's), and placement."""
     p = Placement(cpu_image, gpu_image, train_image, accelerator_type, rollout_gpus, train_gpus, gpu_node_selector,
                   gpu_tolerations, cpu_node_selector, cpu_tolerations, s3_secret, s3_config_map)
-    placement = dict(p._asdict())
-    resolved = c.resolve_config(preset=preset, overrides=config_overrides, base_model=base_model,
-                                train_problems=train_problems, eval_problems=eval_problems, storage_root=storage_root,
-                                shards=shards, rounds=rounds)
-    on_cpu(resolved, "resolve-config", p, cpu="1", memory="1G")
+    resolved = _resolve(p, preset=preset, overrides=config_overrides, base_model=base_model,
+                        train_problems=train_problems, eval_problems=eval_problems, storage_root=storage_root,
+                        shards=shards, rounds=rounds)
     config_yaml = resolved.outputs["config_yaml"]
-    problems = c.prepare_problems(config_yaml=config_yaml)
-    on_cpu(problems, "prepare-problems", p)
+    problems = on_cpu(c.prepare_problems(config_yaml=config_yaml), "prepare-problems", p)
     train, held_out = problems.outputs["train"], problems.outputs["held_out"]
-    base = c.prepare_base_model(config_yaml=config_yaml, train=train, held_out=held_out)
-    on_gpu(base, "prepare-base-model", p, image=p.train_image, gpus=p.train_gpus,
-           retries=RETRIES["train"])
-    base_model_out, corpus = base.outputs["base_model"], base.outputs["seed_corpus"]
-    baseline = c.evaluate(config_yaml=config_yaml, round=0, policy=base_model_out, held_out=held_out)
-    on_gpu(baseline, "evaluate-base-model", p, image=p.gpu_image, gpus=p.rollout_gpus,
-           retries=RETRIES["default"])
-    history = c.round_report(config_yaml=config_yaml, round=0, evaluation=baseline.outputs["evaluation"])
-    on_cpu(history, "round-report", p, cpu="1", memory="2G")
-    state = None
-    with contextlib.ExitStack() as nesting:
-        for r in range(1, MAX_ROUNDS + 1):
-            nesting.enter_context(dsl.If(rounds >= r, name=f"round-{r}"))
-            common = dict(config_yaml=config_yaml, round=r, shard_ids=resolved.outputs["shard_ids"],
-                          base_model=base_model_out, train=train, held_out=held_out, seed_corpus=corpus, **placement)
-            if state is None:
-                step = first_round(history=history.outputs["history"], **common)
-            else:
-                step = later_round(policy=state.outputs["policy"], ppm=state.outputs["ppm"],
-                                   previous=state.outputs["verified"], history=state.outputs["history"], **common)
-            step.set_display_name(f"round {r}")
-            state = step
-            with dsl.If(rounds == r, name=f"after-round-{r}"):
-                summary = c.summarize(config_yaml=config_yaml, history=step.outputs["history"],
-                                      policy=step.outputs["policy"], ppm=step.outputs["ppm"])
-                on_cpu(summary, "summarize", p, cpu="1", memory="2G")
+    base = _base_model(p, config_yaml, train, held_out)
+    history = _round_zero(p, config_yaml, base.outputs["base_model"], held_out)
+    _evolve(rounds=rounds, config_yaml=config_yaml, shard_ids=resolved.outputs["shard_ids"],
+            base_model=base.outputs["base_model"], train=train, held_out=held_out,
+            seed_corpus=base.outputs["seed_corpus"], history=history.outputs["history"], p=p,
+            finish=lambda step: _summarize(p, config_yaml, step))
+
+
+@dsl.pipeline(
+    name=NIGHTLY_PIPELINE_NAME,
+    description="Nightly re-evolution: new problem files under a prefix, continuing from the last promoted policy "
+    "and PPM, promoted only if held-out accuracy holds.",
+)
+def nightly_re_evolution(
+    problem_prefix: str,
+    registry: str,
+    promotion_gate: float = 0.0,
+    preset: str = "paper",
+    config_overrides: str = "",
+    base_model: str = "",
+    eval_problems: str = "",
+    storage_root: str = "",
+    rounds: int = 1,
+    shards: int = 0,
+    cpu_image: str = c.CPU_IMAGE,
+    gpu_image: str = c.GPU_IMAGE,
+    train_image: str = c.TRAIN_IMAGE,
+    accelerator_type: str = "nvidia.com/gpu",
+    rollout_gpus: int = 1,
+    train_gpus: int = 8,
+    gpu_node_selector: dict = {},
+    gpu_tolerations: list = [],
+    cpu_node_selector: dict = {},
+    cpu_tolerations: list = [],
+    s3_secret: str = "rstar-s3",
+    s3_config_map: str = "rstar-s3",
+):
+    """`problem_prefix`: where new problem files arrive; `registry`: the pointer to the promoted models;
+    `promotion_gate`: how far below the promoted held-out accuracy a run may be and still be promoted."""
+    p = Placement(cpu_image, gpu_image, train_image, accelerator_type, rollout_gpus, train_gpus, gpu_node_selector,
+                  gpu_tolerations, cpu_node_selector, cpu_tolerations, s3_secret, s3_config_map)
+    resolved = _resolve(p, preset=preset, overrides=config_overrides, base_model=base_model, train_problems="",
+                        eval_problems=eval_problems, storage_root=storage_root, shards=shards, rounds=rounds)
+    config_yaml = resolved.outputs["config_yaml"]
+    intake = c.nightly_intake(config_yaml=config_yaml, problem_prefix=problem_prefix, registry=registry)
+    on_cpu(intake, "nightly-intake", p).set_caching_options(False)  # new files arrive under the same prefix
+    train, held_out = intake.outputs["train"], intake.outputs["held_out"]
+    with dsl.If(intake.outputs["Output"] > 0, name="new-problems"):
+        base = _base_model(p, config_yaml, train, held_out)
+        start = c.registry_start(config_yaml=config_yaml, registry=registry, base_model=base.outputs["base_model"])
+        on_gpu(start, "registry-start", p, image=p.train_image, gpus=p.train_gpus,
+               retries=RETRIES["default"]).set_caching_options(False)
+        history = _round_zero(p, config_yaml, start.outputs["policy"], held_out, ppm=start.outputs["ppm"])
+
+        def finish(step):
+            _summarize(p, config_yaml, step)
+            decision = c.promote(config_yaml=config_yaml, registry=registry, promotion_gate=promotion_gate,
+                                 history=step.outputs["history"], policy=step.outputs["policy"],
+                                 ppm=step.outputs["ppm"], verified=step.outputs["verified"], train=train)
+            on_cpu(decision, "promote", p, cpu="1", memory="2G").set_caching_options(False)
+
+        _evolve(rounds=rounds, config_yaml=config_yaml, shard_ids=resolved.outputs["shard_ids"],
+                base_model=base.outputs["base_model"], train=train, held_out=held_out,
+                seed_corpus=base.outputs["seed_corpus"], history=history.outputs["history"], p=p, finish=finish,
+                start=Start(start.outputs["policy"], start.outputs["ppm"], start.outputs["previous"]))
+    with dsl.If(intake.outputs["Output"] == 0, name="empty-night"):
+        on_cpu(c.no_new_problems(problem_prefix=problem_prefix), "no-new-problems", p, cpu="1", memory="1G")

@@ -72,6 +72,16 @@ def unsolved_problems(previous: str | ArtifactRef) -> set[str]:
     return seen - solved
 
 
+def ppm_is_trained(ppm: str | ArtifactRef) -> bool:
+    """False for a PPM whose head was never trained (a round without pairs, or the first night)."""
+    ref = ArtifactRef.of(ppm)
+    result_uri = join(ref.path or ref.uri, "training_result.json")
+    store = store_for(result_uri)
+    if not store.exists(result_uri):
+        return True
+    return json.loads(store.read_bytes(result_uri)).get("steps", 0) > 0
+
+
 def search_settings(config: RunConfig, round: int, *, use_ppm: bool) -> SearchSettings:
     s = config.search
     return SearchSettings(
@@ -160,7 +170,7 @@ def rollout(
     if done:
         log.info("resuming shard %d: %d problems already searched, %d to go", shard, len(done), len(todo))
 
-    use_ppm = ppm is not None and round >= config.search.ppm_from_round
+    use_ppm = ppm is not None and round >= config.search.ppm_from_round and ppm_is_trained(ppm)
     settings = search_settings(config, round, use_ppm=use_ppm)
     stats = SearchStats()
     new_tables: list[pa.Table] = []

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from rstar_math.store.base import IncompleteArtifactError, Store
 from rstar_math.store.local import LocalStore
-from rstar_math.store.uri import is_s3, join, local_path, normalize, parse_s3
+from rstar_math.store.uri import is_s3, join, local_path, normalize, parent, parse_s3
 
 __all__ = [
     "Store",
@@ -34,6 +34,7 @@ __all__ = [
     "join",
     "local_path",
     "normalize",
+    "parent",
     "parse_s3",
 ]
 

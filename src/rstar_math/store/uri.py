@@ -61,3 +61,10 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     if is_s3(uri):
         return posixpath.join(str(uri).rstrip("/"), *parts)
     return str(Path(uri).joinpath(*parts))
+
+
+def parent(uri: str | os.PathLike) -> str:
+    """The directory (or prefix) that holds `uri`."""
+    if is_s3(uri):
+        return posixpath.dirname(str(uri).rstrip("/"))
+    return str(local_path(uri).parent)
