@@ -148,7 +148,8 @@ def test_upload_creates_the_pipeline_then_adds_versions(kfp_server):
 def test_schedule_replaces_the_recurring_run_with_no_overlap(kfp_server):
     main(["kfp", "upload", "--pipeline-file", PIPELINE, "--name", "rstar-self-evolution"])
     args = ["kfp", "schedule", "--name", "nightly", "--cron", "0 0 2 * * *", "--experiment", "rstar",
-            "--param", "preset=paper", "--param", "rounds=2", "--param", "gpu_tolerations=[{key: gpu, operator: Exists}]"]
+            "--param", "preset=paper", "--param", "rounds=2", "--param", 'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]',
+            "--param", "config_overrides=search.candidates=4\nrounds=2", "--param", "flag=yes"]
     assert main(args) == 0
     assert main(args[:5] + ["0 30 3 * * *"] + args[6:]) == 0  # an update: the old one goes
     [run] = kfp_server.recurring.values()
@@ -157,9 +158,17 @@ def test_schedule_replaces_the_recurring_run_with_no_overlap(kfp_server):
     params = run["runtime_config"]["parameters"]
     assert params["rounds"] == 2 and params["preset"] == "paper"
     assert params["gpu_tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert params["config_overrides"] == "search.candidates=4\nrounds=2" and params["flag"] == "yes"  # strings stay strings
     assert [e["display_name"] for e in kfp_server.experiments.values()] == ["rstar"]
     deleted = [path for method, path in kfp_server.requests if method == "DELETE"]
     assert len(deleted) == 1 and not deleted[0].endswith(run["recurring_run_id"])
+
+
+def test_uploading_an_existing_version_is_a_no_op(kfp_server):
+    for _ in range(2):
+        assert main(["kfp", "upload", "--pipeline-file", PIPELINE, "--name", "p", "--version", "1.0.0-r1"]) == 0
+    [versions] = kfp_server.versions.values()
+    assert [v["display_name"] for v in versions] == ["p", "1.0.0-r1"]
 
 
 def test_submit_and_list_runs(kfp_server, capsys):

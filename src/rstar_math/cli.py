@@ -120,7 +120,8 @@ def cmd_kfp(args) -> int:
     endpoint = operator.Endpoint.from_args(args.host, args.namespace, args.token)
     client = endpoint.client()
     if args.kfp_command == "upload":
-        pipeline_id, version_id = operator.upload(client, args.pipeline_file, args.name, args.version)
+        pipeline_id, version_id = operator.upload(client, args.pipeline_file, args.name, args.version,
+                                                  endpoint.namespace)
         print(f"pipeline {args.name}: id {pipeline_id}, version {version_id}")
     elif args.kfp_command == "schedule":
         run_id = operator.schedule(client, name=args.name, cron=args.cron, experiment=args.experiment,
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = with_endpoint(kfp_sub.add_parser(name, help=help_text))
         p.add_argument("--experiment", default="rstar-math")
         p.add_argument("--pipeline-name", default="rstar-self-evolution")
-        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="pipeline parameter; JSON values (2, [..], {..}, \"..\") are decoded, others are strings")
         if name == "schedule":
             p.add_argument("--name", required=True, help="recurring run name")
             p.add_argument("--cron", required=True, help='six-field cron, e.g. "0 0 2 * * *" (02:00 daily)')

@@ -12,11 +12,10 @@ without a token the kfp client uses the in-cluster service-account token
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
-
-import yaml
 
 
 @dataclass(frozen=True)
@@ -35,30 +34,51 @@ class Endpoint:
 
     def client(self):
         import kfp
+        from kfp.client import ServiceAccountTokenVolumeCredentials
 
-        return kfp.Client(host=self.host, namespace=self.namespace, existing_token=self.token)
+        credentials = None
+        token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", "/var/run/secrets/kubeflow/pipelines/token")
+        if self.token is None and os.path.exists(token_path):
+            # With an explicit host the kfp client would not look for the projected token by itself.
+            credentials = ServiceAccountTokenVolumeCredentials(path=token_path)
+        return kfp.Client(host=self.host, namespace=self.namespace, existing_token=self.token, credentials=credentials)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; values are read as YAML so `rounds=2` is an int and `gpu_tolerations=[...]` a list."""
+    """`key=value` pairs; a value that is JSON (`2`, `[...]`, `{...}`, `"text"`) is decoded, anything else is a string."""
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"parameter {item!r}: expected key=value")
-        params[key] = yaml.safe_load(value) if value else ""
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
     return params
 
 
-def upload(client, pipeline_file: str, name: str, version: str | None) -> tuple[str, str]:
-    """Create the pipeline, or add a version to it; returns (pipeline id, version id)."""
-    pipeline_id = client.get_pipeline_id(name)
+def _pipeline_id(client, name: str, namespace: str) -> str | None:
+    """The id of the pipeline `name` in the namespace (or among shared pipelines)."""
+    predicate = {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    response = client.list_pipelines(filter=json.dumps(predicate), namespace=namespace)
+    pipelines = response.pipelines or []
+    return pipelines[0].pipeline_id if pipelines else None
+
+
+def upload(client, pipeline_file: str, name: str, version: str | None, namespace: str) -> tuple[str, str]:
+    """Create the pipeline (in the namespace), or add a version to it; an existing version of the same name is
+    left as it is. Returns (pipeline id, version id)."""
+    pipeline_id = _pipeline_id(client, name, namespace)
     if pipeline_id is None:
-        pipeline = client.upload_pipeline(pipeline_file, pipeline_name=name)
+        pipeline = client.upload_pipeline(pipeline_file, pipeline_name=name, namespace=namespace)
         pipeline_id = pipeline.pipeline_id
         if not version:
-            versions = client.list_pipeline_versions(pipeline_id, page_size=1).pipeline_versions or []
-            return pipeline_id, versions[0].pipeline_version_id if versions else ""
+            return pipeline_id, _latest_version(client, pipeline_id)
+    existing = client.list_pipeline_versions(pipeline_id, page_size=100).pipeline_versions or []
+    for found in existing:
+        if found.display_name == (version or "latest"):
+            return pipeline_id, found.pipeline_version_id
     created = client.upload_pipeline_version(pipeline_file, pipeline_version_name=version or "latest",
                                              pipeline_id=pipeline_id)
     return pipeline_id, created.pipeline_version_id
@@ -81,7 +101,7 @@ def _experiment_id(client, name: str, namespace: str) -> str:
 def schedule(client, *, name: str, cron: str, experiment: str, namespace: str, pipeline_name: str,
              params: Mapping[str, Any], max_concurrency: int = 1) -> str:
     """Create the recurring run `name`, replacing one of that name (the API cannot edit one in place)."""
-    pipeline_id = client.get_pipeline_id(pipeline_name)
+    pipeline_id = _pipeline_id(client, pipeline_name, namespace)
     if pipeline_id is None:
         raise ValueError(f"no pipeline named {pipeline_name!r}; run `rstar kfp upload` first")
     experiment_id = _experiment_id(client, experiment, namespace)
@@ -98,7 +118,7 @@ def schedule(client, *, name: str, cron: str, experiment: str, namespace: str, p
 
 def submit(client, *, experiment: str, namespace: str, pipeline_name: str, run_name: str,
            params: Mapping[str, Any]) -> str:
-    pipeline_id = client.get_pipeline_id(pipeline_name)
+    pipeline_id = _pipeline_id(client, pipeline_name, namespace)
     if pipeline_id is None:
         raise ValueError(f"no pipeline named {pipeline_name!r}; run `rstar kfp upload` first")
     run = client.run_pipeline(experiment_id=_experiment_id(client, experiment, namespace), job_name=run_name,

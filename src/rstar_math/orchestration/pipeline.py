@@ -82,7 +82,8 @@ def _common(task: dsl.PipelineTask, stage: str, p: Placement, retries: int = RET
 
 def on_cpu(task: dsl.PipelineTask, stage: str, p: Placement, *, cpu: str = "2", memory: str = "8G") -> dsl.PipelineTask:
     task.set_container_image(p.cpu_image)
-    task.set_cpu_request(cpu).set_memory_request(memory)
+    # Limits equal to requests: the cgroup limit is what backs the sandbox's address-space limit.
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.add_node_selector_json(task, p.cpu_node_selector)
     kubernetes.add_toleration_json(task, p.cpu_tolerations)
     return _common(task, stage, p)
@@ -92,7 +93,7 @@ def on_gpu(task: dsl.PipelineTask, stage: str, p: Placement, *, image, gpus, ret
            memory: str = "64G") -> dsl.PipelineTask:
     task.set_container_image(image)
     task.set_accelerator_type(p.accelerator_type).set_accelerator_limit(gpus)
-    task.set_cpu_request("8").set_memory_request(memory)
+    task.set_cpu_request("8").set_cpu_limit("8").set_memory_request(memory).set_memory_limit(memory)
     kubernetes.add_node_selector_json(task, p.gpu_node_selector)
     kubernetes.add_toleration_json(task, p.gpu_tolerations)
     return _common(task, stage, p, retries)

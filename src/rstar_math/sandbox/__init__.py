@@ -43,11 +43,14 @@ Enforced only where privileges or the kernel allow (each is reported by `pool.is
     abstract unix sockets confined to the step's own processes, so a step cannot kill its
     worker even without a dedicated uid
 
-Added by the Kubernetes side (the manifests, not this package): a NetworkPolicy with no
-egress for the pods that run steps; a non-root user; a read-only root filesystem with an
-emptyDir (sizeLimit) for the temp root; seccomp RuntimeDefault and no privilege escalation;
-a pod pids limit (the real process bound where there is no dedicated uid); memory and CPU
-limits (the cgroup OOM killer behind RLIMIT_AS); optionally a gVisor runtimeClass.
+Added by the Kubernetes side (helm/, manifests/, the pipeline's pod settings; not this
+package): a NetworkPolicy that limits the egress of the pods that run steps to DNS, the
+object store and the KFP services their launcher needs (steps themselves have no network
+at all where the network namespace applies); a non-root user; seccomp RuntimeDefault and
+no privilege escalation (KFP's defaults); a read-only root filesystem where the platform
+sets one; a pod pids limit (the real process bound where there is no dedicated uid);
+memory and CPU limits equal to the requests (the cgroup OOM killer behind RLIMIT_AS);
+optionally a gVisor runtimeClass (docs/deploy.md).
 
 Not covered:
   - this is not a security boundary against kernel exploits: steps share the host kernel and
