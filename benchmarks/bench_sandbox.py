@@ -3,9 +3,13 @@
     python benchmarks/bench_sandbox.py            # a short table, about a minute
     python benchmarks/bench_sandbox.py --json     # the same numbers, machine-readable
 
-Four typical step snippets, each as the search runs it: a cumulative program whose
-prefix (earlier steps) runs silently before the new step's code. Both ways run the
-same snippets with the same parallelism (one per worker, default one per core):
+Two sets of typical step snippets, each as the search runs it: a cumulative program
+whose prefix (earlier steps) runs silently before the new step's code.
+  basic       arithmetic, a sympy solve, a loop, fractions: one of four imports sympy
+  trajectory  programs as search runs them in the embedded world: step 1 makes the
+              imports (sympy for equations and exact arithmetic), later steps carry them
+Both ways run the same snippets with the same parallelism (one per worker, default one
+per core):
 
   pool    ExecutorPool.run_batch over a mixed batch, cache off, isolation on
   fresh   `python -c "<prefix>\\n<code>"` per snippet, run concurrently from a thread pool
@@ -53,15 +57,30 @@ SNIPPETS: dict[str, tuple[str, str]] = {  # kind -> (prefix, code)
 }
 
 
+# Cumulative programs as search runs them in the embedded world: step 1 of a trajectory makes
+# the imports (sympy for equations and exact arithmetic, math for gcd), every later step's
+# program carries them in its prefix.
+TRAJECTORY: dict[str, tuple[str, str]] = {
+    "gcd": ("# Step 1: the numbers\nfrom math import gcd\na, b = 780, 420\nprint(a, b)",
+            "# Step 2: their greatest common divisor\nprint(gcd(a, b))"),
+    "remainder": ("# Step 1: the numbers\nn, d = 7097, 21\nprint(n, d)", "# Step 2: the remainder\nprint(n % d)"),
+    "exact_arithmetic": ("# Step 1: exact arithmetic\nfrom sympy import S\nt = S('(-61)/(-7) + (-2)/(-7)')\nprint(t)",
+                         "# Step 2: the value of y\ny = t + -4\nprint(y)"),
+    "linear_equation": ("# Step 1: set up\nfrom sympy import Eq, S, solve, symbols\nc = symbols('c')\nprint(c)",
+                        "# Step 2: solve for c\nprint(solve(Eq(-6*c - 16, -28), c)[0])"),
+}
+SETS = {"basic": SNIPPETS, "trajectory": TRAJECTORY}
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     return {"p50_ms": 1000 * statistics.median(ordered), "p95_ms": 1000 * p95}
 
 
-def bench_pool(pool: ExecutorPool, rounds: int) -> dict:
-    kinds = list(SNIPPETS)
-    requests = [ExecRequest(code=SNIPPETS[k][1], prefix=SNIPPETS[k][0]) for _ in range(rounds) for k in kinds]
+def bench_pool(pool: ExecutorPool, rounds: int, snippets: dict[str, tuple[str, str]]) -> dict:
+    kinds = list(snippets)
+    requests = [ExecRequest(code=snippets[k][1], prefix=snippets[k][0]) for _ in range(rounds) for k in kinds]
     pool.run_batch(requests[: 4 * len(kinds)])  # warm-up
     start = time.perf_counter()
     results = pool.run_batch(requests)
@@ -70,18 +89,18 @@ def bench_pool(pool: ExecutorPool, rounds: int) -> dict:
     if bad:
         raise SystemExit(f"pool benchmark: {len(bad)} executions failed, e.g. {bad[0]}")
     latency = {
-        k: _percentiles([r.duration_s for r, q in zip(results, requests, strict=True) if q.code == SNIPPETS[k][1]])
+        k: _percentiles([r.duration_s for r, q in zip(results, requests, strict=True) if q.code == snippets[k][1]])
         for k in kinds
     }
     return {"executions": len(results), "seconds": elapsed, "execs_per_s": len(results) / elapsed, "latency": latency}
 
 
-def bench_fresh(parallel: int, rounds: int) -> dict:
+def bench_fresh(parallel: int, rounds: int, snippets: dict[str, tuple[str, str]]) -> dict:
     env = sandbox_env(home=tempfile.gettempdir())
-    jobs = [k for _ in range(rounds) for k in SNIPPETS]
+    jobs = [k for _ in range(rounds) for k in snippets]
 
     def run(kind: str) -> tuple[str, float]:
-        prefix, code = SNIPPETS[kind]
+        prefix, code = snippets[kind]
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", f"{prefix}\n{code}"], capture_output=True, env=env, timeout=60)
         if proc.returncode != 0:
@@ -92,7 +111,7 @@ def bench_fresh(parallel: int, rounds: int) -> dict:
         start = time.perf_counter()
         timings = list(threads.map(run, jobs))
         elapsed = time.perf_counter() - start
-    latency = {k: _percentiles([t for kind, t in timings if kind == k]) for k in SNIPPETS}
+    latency = {k: _percentiles([t for kind, t in timings if kind == k]) for k in snippets}
     return {"executions": len(jobs), "seconds": elapsed, "execs_per_s": len(jobs) / elapsed, "latency": latency}
 
 
@@ -124,34 +143,35 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
+    sets = {}
     with ExecutorPool(SandboxLimits(timeout_s=10), workers=args.workers, cache_size=0) as pool:
         startup_s = time.perf_counter() - start
         isolation = pool.isolation.active()
-        pool_numbers = bench_pool(pool, args.pool_rounds)
-    fresh_numbers = bench_fresh(args.workers, args.fresh_rounds)
+        for name, snippets in SETS.items():
+            sets[name] = {"pool": bench_pool(pool, args.pool_rounds, snippets)}
+    for name, snippets in SETS.items():
+        sets[name]["fresh_python"] = bench_fresh(args.workers, args.fresh_rounds, snippets)
+        sets[name]["speedup"] = sets[name]["pool"]["execs_per_s"] / sets[name]["fresh_python"]["execs_per_s"]
     timeout_numbers = bench_timeout(1.0, 5)
-    report = {
-        "workers": args.workers,
-        "pool_startup_s": startup_s,
-        "isolation": list(isolation),
-        "pool": pool_numbers,
-        "fresh_python": fresh_numbers,
-        "speedup": pool_numbers["execs_per_s"] / fresh_numbers["execs_per_s"],
-        "timeout_kill": timeout_numbers,
-    }
+    report = {"workers": args.workers, "pool_startup_s": startup_s, "isolation": list(isolation), "sets": sets,
+              "timeout_kill": timeout_numbers}
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"sandbox benchmark: {args.workers} workers, cache off; isolation: {', '.join(isolation)}")
     print(f"pool start-up: {startup_s:.2f} s\n")
-    print(f"{'':14s} {'execs/s':>9s} {'executions':>11s} {'seconds':>8s}")
-    for name, numbers in (("pool", pool_numbers), ("fresh python", fresh_numbers)):
-        print(f"{name:14s} {numbers['execs_per_s']:9.1f} {numbers['executions']:11d} {numbers['seconds']:8.2f}")
-    print(f"speedup: {report['speedup']:.1f}x (target >= 20x)\n")
-    print(f"{'latency (ms)':14s} {'pool p50':>9s} {'pool p95':>9s} {'fresh p50':>10s} {'fresh p95':>10s}")
-    for kind in SNIPPETS:
-        p, f = pool_numbers["latency"][kind], fresh_numbers["latency"][kind]
-        print(f"{kind:14s} {p['p50_ms']:9.1f} {p['p95_ms']:9.1f} {f['p50_ms']:10.1f} {f['p95_ms']:10.1f}")
+    for set_name, numbers in sets.items():
+        print(f"snippets: {set_name} ({', '.join(SETS[set_name])})")
+        print(f"  {'':14s} {'execs/s':>9s} {'executions':>11s} {'seconds':>8s}")
+        for name, key in (("pool", "pool"), ("fresh python", "fresh_python")):
+            n = numbers[key]
+            print(f"  {name:14s} {n['execs_per_s']:9.1f} {n['executions']:11d} {n['seconds']:8.2f}")
+        print(f"  speedup: {numbers['speedup']:.1f}x (target >= 20x)")
+        print(f"  {'latency (ms)':16s} {'pool p50':>9s} {'pool p95':>9s} {'fresh p50':>10s} {'fresh p95':>10s}")
+        for kind in SETS[set_name]:
+            p, f = numbers["pool"]["latency"][kind], numbers["fresh_python"]["latency"][kind]
+            print(f"  {kind:16s} {p['p50_ms']:9.1f} {p['p95_ms']:9.1f} {f['p50_ms']:10.1f} {f['p95_ms']:10.1f}")
+        print()
     t = timeout_numbers
     print(f"\ntimeout kill: configured {t['timeout_s']:.1f} s, killed after {t['kill_s_median']:.3f} s median, "
           f"{t['kill_s_max']:.3f} s max ({t['overshoot_pct_max']:+.1f}%; target within 10%); "
