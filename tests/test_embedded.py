@@ -1,0 +1,195 @@
+"""The embedded world: parsers, solution writers, the seed corpus and a minuscule bootstrap.
+
+    pytest tests/test_embedded.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from rstar_math.data.generate import generate_problems
+from rstar_math.embedded.bootstrap import WorldConfig, bootstrap, seed_problems, world_config
+from rstar_math.embedded.corpus import (
+    MODULES,
+    InProcessExecutor,
+    execute_plan,
+    problem_rng,
+    write_corpus,
+)
+from rstar_math.grading import answers_match, extract_boxed
+from rstar_math.steps import STOP_STRINGS, StepKind, parse_step
+
+SAMPLE = 120  # questions per module
+DIFFICULTY = 0.2  # the default preset's
+
+
+@pytest.fixture(scope="module")
+def problems() -> dict[str, list[dict]]:
+    table = generate_problems(list(MODULES), SAMPLE, difficulty=DIFFICULTY, seed=99)
+    by_module: dict[str, list[dict]] = {m: [] for m in MODULES}
+    for row in table.to_pylist():
+        by_module[row["source"].rsplit("/", 1)[-1]].append(row)
+    return by_module
+
+
+# Upper bounds on how often a misconceived solution is right by coincidence (measured at
+# difficulty 0.2: gcd 8%, remainder 1%, is_factor 50% by design, mixed 20%, linear 31%, composed 31%,
+# is_factor_composed 49%: its final check is a coin flip).
+COINCIDENCE_BOUND = {
+    "numbers__gcd": 0.2,
+    "numbers__div_remainder": 0.08,
+    "numbers__is_factor": 0.7,
+    "arithmetic__mixed": 0.35,
+    "algebra__linear_1d": 0.45,
+    "algebra__linear_1d_composed": 0.5,
+    "numbers__is_factor_composed": 0.7,
+}
+
+
+def test_every_module_has_a_bound():
+    assert set(COINCIDENCE_BOUND) == set(MODULES)
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_parser_handles_generated_questions(module, problems):
+    rows = problems[module]
+    parsed = [MODULES[module].parse(r["question"]) for r in rows]
+    assert sum(p is not None for p in parsed) >= 0.95 * len(rows)
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_correct_solutions_reproduce_the_answer_and_misconceptions_are_wrong(module, problems):
+    spec, executor = MODULES[module], InProcessExecutor()
+    correct = wrong = misconceived = 0
+    for row in problems[module]:
+        parsed = spec.parse(row["question"])
+        if parsed is None:
+            continue
+        plan = spec.write(parsed, problem_rng(0, row["problem_id"]), 0.0)
+        assert plan.correct and plan.boxed is None
+        outputs = execute_plan(plan, executor)
+        assert outputs is not None, row["question"]
+        correct += answers_match(outputs[-1], row["answer"])
+        bad = spec.write(parsed, problem_rng(0, row["problem_id"]), 1.0)
+        if bad.correct:  # nothing to get wrong (e.g. a sum with no division)
+            continue
+        bad_outputs = execute_plan(bad, executor)
+        if bad_outputs is None:
+            continue
+        misconceived += 1
+        wrong += not answers_match(bad.boxed if bad.boxed is not None else bad_outputs[-1], row["answer"])
+    parsed_count = sum(spec.parse(r["question"]) is not None for r in problems[module])
+    assert correct == parsed_count  # every correct solution reproduces the generator's answer
+    assert misconceived >= 0.8 * parsed_count
+    assert 1 - wrong / misconceived <= COINCIDENCE_BOUND[module]
+
+
+def test_steps_are_in_the_step_format(problems):
+    result = write_corpus(
+        [r for rows in problems.values() for r in rows[:10]],
+        misconception_rate={m: 0.5 for m in MODULES},
+        seed=3,
+        executor=InProcessExecutor(),
+    )
+    for document in result.documents:
+        body = document.split("<end_of_question>\n", 1)[1]
+        texts = [part + "<end_of_step>" for part in body.split("<end_of_step>")[:-1]]
+        for text in texts:
+            text = text.split("<end_of_output>\n")[-1]
+            assert parse_step(text).kind is StepKind.CODE
+        answer = body.rsplit("<end_of_output>\n", 1)[-1].strip("\n")
+        assert parse_step(answer).kind is StepKind.ANSWER and answer.endswith(STOP_STRINGS[1])
+        assert extract_boxed(answer) is not None
+
+
+def test_corpus_is_reproducible_and_rates_are_respected(problems):
+    rows = [r for rows in problems.values() for r in rows[:40]]
+    rates = {m: 0.7 for m in MODULES}
+    first = write_corpus(rows, misconception_rate=rates, seed=5, executor=InProcessExecutor())
+    again = write_corpus(list(reversed(rows)), misconception_rate=rates, seed=5, executor=InProcessExecutor())
+    assert sorted(first.documents) == sorted(again.documents)
+    other = write_corpus(rows, misconception_rate=rates, seed=6, executor=InProcessExecutor())
+    assert sorted(first.documents) != sorted(other.documents)
+    single = [w for w, m in zip(first.writers, first.modules) if m in ("numbers__gcd", "numbers__div_remainder")]
+    share = sum(w != "correct" for w in single) / len(single)
+    assert 0.5 < share < 0.9
+    clean = write_corpus(rows, misconception_rate={}, seed=5, executor=InProcessExecutor())
+    assert set(clean.writers) == {"correct"}
+
+
+def test_in_process_executor_prints_what_the_sandbox_prints(problems):
+    from rstar_math.sandbox import ExecutorPool, SandboxLimits
+
+    rng = random.Random(0)
+    rows = [r for rows in problems.values() for r in rng.sample(rows, 4)]
+    rates = {m: 0.5 for m in MODULES}
+    with ExecutorPool(SandboxLimits(timeout_s=10), workers=2) as pool:
+        sandboxed = write_corpus(rows, misconception_rate=rates, seed=1, executor=pool)
+    in_process = write_corpus(rows, misconception_rate=rates, seed=1, executor=InProcessExecutor())
+    assert sandboxed.documents == in_process.documents
+
+
+def test_held_out_questions_never_reach_the_corpus():
+    config = dataclasses.replace(WorldConfig(), corpus_per_module=30)
+    # The corpus's own first draws, as if a held-out set had been drawn from the same stream.
+    held_out = generate_problems(config.modules, 10, difficulty=config.corpus_difficulty, seed=config.corpus_seed)
+    ids = set(held_out.column("problem_id").to_pylist())
+    corpus = seed_problems(config, exclude=ids)
+    assert not ids & set(corpus.column("problem_id").to_pylist())
+    assert not set(held_out.column("question").to_pylist()) & set(corpus.column("question").to_pylist())
+    assert len(corpus) == 30 * len(config.modules)
+
+
+MINUSCULE = dataclasses.replace(
+    WorldConfig(),
+    corpus_per_module=8,
+    vocab_size=300,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    batch_tokens=1024,
+    warmup_steps=1,
+    max_steps=3,
+)
+
+
+def test_world_config_reads_the_run_configs_embedded_section():
+    from rstar_math.config import EmbeddedConfig
+
+    section = EmbeddedConfig()
+    world = world_config(section)
+    assert world.modules == tuple(section.modules)
+    assert world.rates == dict(zip(section.modules, section.misconception_rates))
+    assert world.hidden_size == section.hidden_size and world.corpus_difficulty == tuple(section.corpus_difficulty)
+    with pytest.raises(ValueError, match="misconception_rates"):
+        world_config(dataclasses.replace(section, misconception_rates=(0.5,)))
+
+
+def test_training_workers_do_not_change_the_result(tmp_path):
+    """Two processes sum their gradients over one global batch: the same training as one process."""
+    one = bootstrap(dataclasses.replace(MINUSCULE, workers=1, max_steps=50), tmp_path / "one")
+    two = bootstrap(dataclasses.replace(MINUSCULE, workers=2, max_steps=50), tmp_path / "two")
+    assert one.steps == two.steps == 50 and one.tokens == two.tokens
+    assert one.losses == pytest.approx(two.losses, rel=1e-3)
+
+
+def test_minuscule_bootstrap_saves_a_loadable_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = bootstrap(MINUSCULE, tmp_path / "base")
+    assert result.steps == 3 and result.documents > 0 and result.tokens > 0
+    assert (tmp_path / "base" / "world_config.json").exists()
+    # bootstrap() itself checks that the reloaded tokenizer gives the trained one's ids.
+    model = AutoModelForCausalLM.from_pretrained(result.path)
+    tokenizer = AutoTokenizer.from_pretrained(result.path)
+    text = "<question>\nWhat is 12 + 7?\n<end_of_question>\n<code>\nprint(12 + 7)\n<end_of_step>\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.convert_tokens_to_ids("<code>") in ids
+    assert model(input_ids=torch.tensor([ids])).logits.shape == (1, len(ids), len(tokenizer))
