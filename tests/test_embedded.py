@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rstar_math.data.generate import generate_problems
-from rstar_math.embedded.bootstrap import WorldConfig, bootstrap, seed_problems, world_config
+from rstar_math.config import ConfigError, EmbeddedConfig
+from rstar_math.embedded.bootstrap import bootstrap, seed_problems
 from rstar_math.embedded.corpus import (
     MODULES,
     InProcessExecutor,
@@ -134,7 +135,7 @@ def test_in_process_executor_prints_what_the_sandbox_prints(problems):
 
 
 def test_held_out_questions_never_reach_the_corpus():
-    config = dataclasses.replace(WorldConfig(), corpus_per_module=30)
+    config = dataclasses.replace(EmbeddedConfig(), corpus_per_module=30)
     # The corpus's own first draws, as if a held-out set had been drawn from the same stream.
     held_out = generate_problems(config.modules, 10, difficulty=config.corpus_difficulty, seed=config.corpus_seed)
     ids = set(held_out.column("problem_id").to_pylist())
@@ -145,7 +146,7 @@ def test_held_out_questions_never_reach_the_corpus():
 
 
 MINUSCULE = dataclasses.replace(
-    WorldConfig(),
+    EmbeddedConfig(),
     corpus_per_module=8,
     vocab_size=300,
     hidden_size=32,
@@ -159,16 +160,11 @@ MINUSCULE = dataclasses.replace(
 )
 
 
-def test_world_config_reads_the_run_configs_embedded_section():
-    from rstar_math.config import EmbeddedConfig
-
+def test_misconception_rates_must_match_the_modules():
     section = EmbeddedConfig()
-    world = world_config(section)
-    assert world.modules == tuple(section.modules)
-    assert world.rates == dict(zip(section.modules, section.misconception_rates))
-    assert world.hidden_size == section.hidden_size and world.corpus_difficulty == tuple(section.corpus_difficulty)
-    with pytest.raises(ValueError, match="misconception_rates"):
-        world_config(dataclasses.replace(section, misconception_rates=(0.5,)))
+    assert section.rates == dict(zip(section.modules, section.misconception_rates))
+    with pytest.raises(ConfigError, match="misconception_rates"):
+        _ = dataclasses.replace(section, misconception_rates=(0.5,)).rates
 
 
 def test_training_workers_do_not_change_the_result(tmp_path):

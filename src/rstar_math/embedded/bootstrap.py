@@ -1,9 +1,10 @@
 """Bootstrap the embedded default's base policy: seed corpus -> tokenizer -> tiny Qwen2 trained from scratch.
 
-    from rstar_math.embedded.bootstrap import WorldConfig, bootstrap
+    from rstar_math.config import EmbeddedConfig
+    from rstar_math.embedded.bootstrap import bootstrap
 
     held_out_ids = ...   # every problem_id the run will search or evaluate on
-    result = bootstrap(WorldConfig(), "runs/embedded/base", exclude=held_out_ids)
+    result = bootstrap(EmbeddedConfig(), "runs/embedded/base", exclude=held_out_ids)
     AutoModelForCausalLM.from_pretrained(result.path)   # and AutoTokenizer: identical ids
 
 No weights can be downloaded, so the base model of the embedded default is made here,
@@ -20,11 +21,12 @@ defines the result. Reproducible for a seed on one machine and thread count.
 
 Speed: measured on a 2-core CPU, one thread per worker, bf16 autocast trains this model
 ~1.3x faster than fp32, eager attention ~1.5x faster than SDPA, and two workers (forked,
-gloo all-reduce) ~1.8x one; the default (3000 steps of 1536 padded tokens) takes ~7 min.
+gloo all-reduce) ~1.8x one; the default (4000 steps of 1536 padded tokens) takes ~9 min.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -32,13 +34,14 @@ import random
 import tempfile
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from rstar_math.config import EmbeddedConfig
 from rstar_math.data.generate import generate_problems
 from rstar_math.embedded.corpus import CorpusResult, InProcessExecutor, write_corpus
 from rstar_math.steps import QUESTION_END, trainable_spans
@@ -46,55 +49,8 @@ from rstar_math.steps import QUESTION_END, trainable_spans
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything that defines the embedded world and its base model."""
-
-    modules: tuple[str, ...] = (
-        "numbers__gcd",
-        "numbers__div_remainder",
-        "numbers__is_factor",
-        "arithmetic__mixed",
-        "algebra__linear_1d",
-        "algebra__linear_1d_composed",
-    )
-    misconception_rate: tuple[tuple[str, float], ...] = (
-        ("numbers__gcd", 0.7),
-        ("numbers__div_remainder", 0.7),
-        ("numbers__is_factor", 0.7),
-        ("arithmetic__mixed", 0.7),
-        ("algebra__linear_1d", 0.8),
-        ("algebra__linear_1d_composed", 0.6),
-    )
-    """Share of seed solutions per module that make the module's systematic mistake
-    (per equation clause for composed modules)."""
-    corpus_per_module: int = 2000
-    corpus_difficulty: tuple[float, float] = (0.0, 0.4)
-    corpus_seed: int = 7
-    vocab_size: int = 400
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 512
-    max_seq_len: int = 512
-    batch_tokens: int = 1536
-    """Padded tokens per optimiser step."""
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    max_steps: int = 3000
-    time_budget_s: float = 900.0
-    dtype: str = "bfloat16"
-    """'float32' or 'bfloat16' (autocast)."""
-    workers: int = 2
-    """Training processes, one thread each (gradients summed over them); 1 = this process only."""
-    seed: int = 0
-
-    @property
-    def rates(self) -> dict[str, float]:
-        return dict(self.misconception_rate)
+WORLD_FILE = "world_config.json"
+"""The EmbeddedConfig a base model was bootstrapped with, saved beside it."""
 
 
 @dataclass(frozen=True)
@@ -119,22 +75,7 @@ class BootstrapResult:
         return self.tokens / max(self.train_seconds, 1e-9)
 
 
-def world_config(embedded) -> WorldConfig:
-    """The WorldConfig of a run config's `embedded` section (config.EmbeddedConfig): same field
-    names, except `misconception_rates`, listed in the order of `modules`. Fields the section
-    does not have keep WorldConfig's defaults."""
-    names = {f.name for f in fields(WorldConfig)} - {"misconception_rate"}
-    values = {name: getattr(embedded, name) for name in names if hasattr(embedded, name)}
-    values["modules"] = tuple(embedded.modules)
-    values["corpus_difficulty"] = tuple(embedded.corpus_difficulty)
-    rates = tuple(embedded.misconception_rates)
-    if len(rates) != len(values["modules"]):
-        raise ValueError(f"embedded.misconception_rates has {len(rates)} entries for {len(values['modules'])} modules")
-    values["misconception_rate"] = tuple(zip(values["modules"], rates))
-    return WorldConfig(**values)
-
-
-def model_config(config: WorldConfig, tokenizer):
+def model_config(config: EmbeddedConfig, tokenizer):
     from transformers import Qwen2Config
 
     return Qwen2Config(
@@ -190,7 +131,7 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def lr_at(step: int, config: WorldConfig) -> float:
+def lr_at(step: int, config: EmbeddedConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
@@ -205,7 +146,7 @@ def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _train_rank(model, tokenizer, encoded, config: WorldConfig, rank: int, workers: int, results) -> None:
+def _train_rank(model, tokenizer, encoded, config: EmbeddedConfig, rank: int, workers: int, results) -> None:
     """The training loop of one process. With workers > 1 every rank takes rows rank::workers of
     each global batch and gradients are summed over ranks, so the result is the single-process
     one (up to float summation order) whatever the number of workers."""
@@ -268,7 +209,7 @@ def _train_rank(model, tokenizer, encoded, config: WorldConfig, rank: int, worke
     results.put((rank, step, tokens, time.monotonic() - started, losses))
 
 
-def _worker(rank: int, workers: int, init_file: str, model, tokenizer, encoded, config: WorldConfig, results) -> None:
+def _worker(rank: int, workers: int, init_file: str, model, tokenizer, encoded, config: EmbeddedConfig, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=workers)
     try:
         _train_rank(model, tokenizer, encoded, config, rank, workers, results)
@@ -276,7 +217,7 @@ def _worker(rank: int, workers: int, init_file: str, model, tokenizer, encoded, 
         torch.distributed.destroy_process_group()
 
 
-def pretrain(model, tokenizer, documents: Sequence[str], config: WorldConfig) -> tuple[int, int, float, list[float]]:
+def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig) -> tuple[int, int, float, list[float]]:
     """Train `model` in place; returns (steps, real tokens over all workers, seconds, mean loss per 50 steps).
 
     With config.workers > 1 (and fork available), ranks 1.. are forked child processes, one
@@ -313,7 +254,7 @@ def pretrain(model, tokenizer, documents: Sequence[str], config: WorldConfig) ->
     return steps, sum(r[2] for r in reports), seconds, losses
 
 
-def seed_problems(config: WorldConfig, *, exclude: Collection[str] = ()):
+def seed_problems(config: EmbeddedConfig, *, exclude: Collection[str] = ()):
     """The corpus's problems (a PROBLEMS table): `corpus_per_module` per module, none with an id in `exclude`."""
     return generate_problems(
         config.modules, config.corpus_per_module, difficulty=config.corpus_difficulty, seed=config.corpus_seed, exclude=exclude
@@ -331,7 +272,7 @@ def check_reload(tokenizer, path: Path, documents: Sequence[str]) -> None:
 
 
 def bootstrap(
-    config: WorldConfig,
+    config: EmbeddedConfig,
     out_dir: str | Path,
     *,
     exclude: Collection[str] = (),
@@ -365,7 +306,7 @@ def bootstrap(
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     check_reload(tokenizer, out, corpus.documents[:: max(1, len(corpus.documents) // 200)])
-    (out / "world_config.json").write_text(__import__("json").dumps(asdict(config), indent=2))
+    (out / WORLD_FILE).write_text(json.dumps(asdict(config), indent=2))
     return BootstrapResult(
         path=str(out),
         documents=len(corpus.documents),

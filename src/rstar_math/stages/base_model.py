@@ -58,14 +58,14 @@ def prepare_base_model(
             write_table(SFT_DATA.schema.empty_table(), out_dir / CORPUS_FILE, SFT_DATA)
         return {"base_model": config.model.base}
 
-    from rstar_math.embedded.bootstrap import bootstrap, world_config
+    from rstar_math.embedded.bootstrap import bootstrap
 
     exclude = {pid for p in problems for pid in read_artifact_table(p, PROBLEMS).column("problem_id").to_pylist()}
     inputs = {f"excluded-{i}": p for i, p in enumerate(problems)}
     params = asdict(config.embedded)
     with write_artifact(model_out, kind="policy", stage="bootstrap", context=context, inputs=inputs,
                         params=params) as model_dir:
-        result = bootstrap(world_config(config.embedded), model_dir, exclude=exclude)
+        result = bootstrap(config.embedded, model_dir, exclude=exclude)
         summary = {k: v for k, v in asdict(result).items() if k not in ("path", "corpus")}
         (model_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
     with write_artifact(corpus_out, kind="sft_data", stage="bootstrap", context=context, inputs=inputs,
