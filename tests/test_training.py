@@ -27,7 +27,7 @@ from rstar_math.training import (
     split_by_problem,
     train,
 )
-from rstar_math.training.loop import deepspeed_available, deepspeed_config
+from rstar_math.training.loop import deepspeed_available, deepspeed_config, use_bf16
 from rstar_math.training.tasks import IGNORE_INDEX
 
 # -- data a tiny model can learn from --------------------------------------------------------------
@@ -196,6 +196,20 @@ def test_sft_loss_decreases(sft_task, tmp_path):
     assert result.steps == len(losses) == 8
     assert losses[-1] < losses[0] - 0.5
     assert result.tokens_per_s > 0 and result.final_loss == losses[-1]
+
+
+def test_sft_loss_decreases_under_bf16_autocast_on_cpu(sft_task, tmp_path):
+    losses = []
+    train(sft_task, config(epochs=2, precision="bf16"), output_dir=tmp_path / "out",
+          on_step=lambda info: losses.append(info.loss))
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu) and not use_bf16("auto", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        use_bf16("fp8", cpu)
 
 
 def test_ppm_ranks_held_out_pairs_above_chance(tiny_model_dir, tmp_path):

@@ -96,6 +96,8 @@ def cmd_run(args) -> int:
     print(f"run {run_id}: the self-evolution pipeline ({args.config}) with kfp.local under {root}", flush=True)
     result = run_locally(args.config, args.set, root=root, run_id=run_id, rounds=args.rounds, quiet=not args.verbose)
     print(result.summary)
+    print(f"{len(result.executed)} tasks ran in {result.seconds / 60:.1f} min (finished tasks of earlier runs with the "
+          "same inputs come from the cache)" + (f"; full log: {result.log_file}" if result.log_file else ""))
     return 0
 
 

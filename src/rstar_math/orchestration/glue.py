@@ -14,8 +14,10 @@ that made it, which is what lineage should say.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+from pathlib import Path
 
 from rstar_math.artifacts import ArtifactRef, pin
 from rstar_math.config import RunConfig, config_hash, from_dict
@@ -97,12 +99,16 @@ def log_metrics(metrics, result) -> None:
     for key, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(key, float(value))
+    # The values also as a file: an output artefact with nothing on disk is a cache miss for
+    # kfp.local (its cache drops entries whose artefacts are gone), so the task would rerun.
+    path = Path(metrics.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics.metadata, indent=2, sort_keys=True) + "\n")
 
 
 def publish_report(evaluation: ArtifactRef, report) -> None:
     """Copy the evaluation's HTML report into the KFP HTML artifact (rendered in the UI)."""
     import shutil
-    from pathlib import Path
 
     from rstar_math.stages.evaluate import REPORT_FILE
 
@@ -115,8 +121,6 @@ def summary_uri(config: RunConfig) -> str:
 
 
 def publish_summary(config: RunConfig, path: str) -> None:
-    from pathlib import Path
-
     from rstar_math.store import store_for
 
     uri = summary_uri(config)
