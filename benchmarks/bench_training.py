@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py                      # CPU: a tiny Qwen2, plain PyTorch
     python benchmarks/bench_training.py --deepspeed zero2     # and the same under DeepSpeed (gloo)
+    python benchmarks/bench_training.py --precision bf16      # CPU under bf16 autocast (the default preset's)
     python benchmarks/bench_training.py --device cuda --deepspeed zero2 --json
                                                              # GPU: a 137M Qwen2 in bf16, with and
                                                              # without DeepSpeed, plus MFU
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch-size", type=int, default=None, help="default: 4 CPU, 8 GPU")
     parser.add_argument("--solution-steps", type=int, default=None, help="steps per synthetic trajectory (length)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak, dense bf16 (H100: 989)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="TrainConfig.precision (auto: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             for backend in backends:
                 config = TrainConfig(
                     learning_rate=1e-4, epochs=1.0, batch_size=batch, micro_batch_size=micro, warmup_ratio=0.0,
-                    checkpoint_every=10**9, deepspeed=backend,
+                    checkpoint_every=10**9, deepspeed=backend, precision=args.precision,
                 )
                 rows.append(
                     measure(task, config, device=args.device, steps=steps, warmup=args.warmup, peak_tflops=args.peak_tflops)
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     base = {r.task: r.tokens_per_s for r in rows if r.backend == "torch"}
     threads = torch.get_num_threads()
-    print(f"device {args.device}, model {size}, torch threads {threads}, {steps} steps after {args.warmup} warm-up")
+    print(f"device {args.device}, model {size}, precision {args.precision}, torch threads {threads}, "
+          f"{steps} steps after {args.warmup} warm-up")
     header = ("task", "backend", "params", "batch", "tok/seq", "tokens/s", "s/step", "MFU", "vs torch")
     print("{:<5} {:<9} {:>8} {:>5} {:>8} {:>10} {:>8} {:>7} {:>8}".format(*header))
     for r in rows:

@@ -190,6 +190,8 @@ class TrainConfig:
     """'' for plain PyTorch, or a ZeRO config: zero2, zero3, or a JSON path."""
     holdout_fraction: float = 0.0
     """Share of examples held out to report accuracy/loss every epoch."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (the same examples per epoch, less padding)."""
     precision: str = "auto"
     """auto (bf16 autocast on GPU, fp32 on CPU), bf16 (autocast on any device: ~1.3x faster
     for small models on CPU) or fp32."""

@@ -13,7 +13,8 @@ What one call does, in order:
     model, optimiser, schedule, RNG states and step (the data position follows from
     the step), so an interrupted run ends where an uninterrupted one would;
   - runs the steps: the global batch of step s is examples s*B .. (s+1)*B-1 of a
-    stream of per-epoch seeded shuffles, split over devices and micro-batches
+    stream of per-epoch seeded shuffles (grouped by length unless
+    config.group_by_length is off: padding was half of an SFT batch's tokens), split over devices and micro-batches
     (batch_size = micro_batch_size x accumulation x world_size); the loss is the
     task's summed loss divided by the global batch's weight, so micro-batching never
     changes its value; precision per config.precision (auto: bf16 autocast on GPU,
@@ -333,6 +334,22 @@ class _TorchBackend:
         return None  # the module's own tensors
 
 
+def group_by_length(order: list[int], length, batch: int, seed: str, window: int = 8) -> list[int]:
+    """The same examples, reordered so that each batch holds similar lengths (less padding).
+
+    The shuffled order is cut into windows of `window` batches; each window is sorted by
+    length and cut into batches, and all batches are shuffled. Which examples an epoch
+    sees is unchanged, and so is the randomness of which examples meet, up to the window.
+    """
+    span = batch * window
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=length)
+        batches += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
+    random.Random(seed).shuffle(batches)
+    return [i for b in batches for i in b]
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether to train under bf16 autocast (TrainConfig.precision: auto, bf16 or fp32)."""
     if precision == "auto":
@@ -642,12 +659,16 @@ def _train(
         )
 
     orders: dict[int, list[int]] = {}
+    lengths = {i: task.num_tokens([i]) for i in train_ids} if config.group_by_length else {}
 
     def example(position: int) -> int:
         epoch, offset = divmod(position, n)
         if epoch not in orders:
             orders.clear()
-            orders[epoch] = task.epoch_order(train_ids, epoch, config.seed)
+            order = task.epoch_order(train_ids, epoch, config.seed)
+            if config.group_by_length:
+                order = group_by_length(order, lengths.__getitem__, batch, f"{config.seed}:{epoch}:length")
+            orders[epoch] = order
         return orders[epoch][offset]
 
     def evaluate() -> None:
