@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -56,7 +56,7 @@ def executed_tasks(run_dir: Path) -> tuple[str, ...]:
 
 
 class _Progress:
-    """Follows kfp.local's log file and prints one line per finished or cached task."""
+    """Follows kfp.local's log file and prints one line per finished task."""
 
     def __init__(self, path: Path, console: IO[str]) -> None:
         self.path, self.console = path, console
@@ -133,7 +133,7 @@ def _output_to(path: Path) -> Iterator[IO[str]]:
 
 def run_locally(preset: str, overrides: list[str], *, root: str | Path, run_id: str, rounds: int | None = None,
                 quiet: bool = True, console: IO[str] | None = None) -> LocalRun:
-    """Run the pipeline with kfp.local; returns where it ran, the summary it published and the task log."""
+    """Run the pipeline with kfp.local; returns where it ran, the summary it published and the tasks it ran."""
     import yaml
     from kfp import local
 
