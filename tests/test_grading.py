@@ -108,6 +108,12 @@ def test_arbitrary_text_never_raises(a, b):
     assert isinstance(normalize_answer(a), str)
 
 
+@pytest.mark.parametrize("text", ["¹", ".¹", "2^¹", "x^{-¹}", "٣"])
+def test_non_ascii_digits_never_raise(text):
+    assert answers_match(text, "1") in (True, False)
+    assert isinstance(normalize_answer(text), str)
+
+
 # --- answers_match, family by family ----------------------------------------------
 
 MATCHES = {

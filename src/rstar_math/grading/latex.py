@@ -83,6 +83,11 @@ def _convert(text: str, depth: int) -> str:
     return _join(_tokens(text, depth))
 
 
+def _is_digit(char: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true of '¹' or '٣', which no number literal here matches."""
+    return len(char) == 1 and "0" <= char <= "9"
+
+
 def _tokens(text: str, depth: int) -> list[_Token]:
     tokens: list[_Token] = []
     i, n = 0, len(text)
@@ -90,7 +95,7 @@ def _tokens(text: str, depth: int) -> list[_Token]:
         char = text[i]
         if char.isspace():
             i += 1
-        elif char.isdigit() or (char == "." and text[i + 1 : i + 2].isdigit()):
+        elif _is_digit(char) or (char == "." and _is_digit(text[i + 1 : i + 2])):
             match = _NUMBER.match(text, i)
             if len(match.group()) > MAX_LITERAL_CHARS:
                 raise Unparseable("number literal too long")
@@ -205,7 +210,7 @@ def _argument(text: str, i: int, *, exponent: bool = False) -> tuple[str, int]:
     if exponent and text[i] == "-":
         inner, end = _argument(text, i + 1, exponent=True)
         return f"-{inner}", end
-    if exponent and text[i].isdigit():
+    if exponent and _is_digit(text[i]):
         match = _DIGITS.match(text, i)
         return match.group(), match.end()
     return text[i], i + 1
