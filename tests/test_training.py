@@ -423,7 +423,8 @@ def test_two_processes_under_torchrun_match_one(deepspeed, tiny_model_dir, sft_t
     if deepspeed and not deepspeed_available():
         pytest.skip("deepspeed does not import")
     data = write_table(pa.Table.from_pylist(sft_rows(), schema=SFT_DATA.schema), tmp_path / "sft.parquet", SFT_DATA)
-    settings = dict(learning_rate=0.003, epochs=2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0, deepspeed=deepspeed)
+    settings = dict(learning_rate=0.003, epochs=2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0, deepspeed=deepspeed,
+                    precision="fp32")  # the smoke preset trains under bf16 autocast; compare at full precision
     argv = launch_command(
         ["--task", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(tmp_path / "two"),
          "--config", "smoke", "--device", "cpu", "--max-length", "256"]
