@@ -18,6 +18,7 @@ from rstar_math.embedded.corpus import (
     MODULES,
     InProcessExecutor,
     execute_plan,
+    module_of,
     problem_rng,
     write_corpus,
 )
@@ -33,7 +34,7 @@ def problems() -> dict[str, list[dict]]:
     table = generate_problems(list(MODULES), SAMPLE, difficulty=DIFFICULTY, seed=99)
     by_module: dict[str, list[dict]] = {m: [] for m in MODULES}
     for row in table.to_pylist():
-        by_module[row["source"].rsplit("/", 1)[-1]].append(row)
+        by_module[module_of(row["source"])].append(row)
     return by_module
 
 

@@ -100,6 +100,12 @@ def render_trajectory(question: str, steps: list[tuple[str, str | None]]) -> str
     return render_prompt(question) + "".join(render_step(t, o) for t, o in steps)
 
 
+def split_prompt(trajectory: str) -> tuple[str, str]:
+    """A rendered trajectory as (its prompt, exactly as render_prompt wrote it; the completion)."""
+    cut = trajectory.index(QUESTION_END) + len(QUESTION_END) + 1
+    return trajectory[:cut], trajectory[cut:]
+
+
 def trainable_spans(completion: str) -> list[tuple[int, int, bool]]:
     """Split a rendered completion into (start, end, trainable) character spans.
 

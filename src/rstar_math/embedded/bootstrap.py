@@ -45,11 +45,12 @@ import torch.nn.functional as F
 from rstar_math.config import EmbeddedConfig
 from rstar_math.data.generate import generate_problems
 from rstar_math.embedded.corpus import CorpusResult, InProcessExecutor, write_corpus
-from rstar_math.steps import QUESTION_END, trainable_spans
+from rstar_math.models.ppm import pad_batch
+from rstar_math.steps import split_prompt
+from rstar_math.training.tasks import IGNORE_INDEX, EncodedExample, sft_encode
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 WORLD_FILE = "world_config.json"
 """The EmbeddedConfig a base model was bootstrapped with, saved beside it."""
 
@@ -95,19 +96,6 @@ def model_config(config: EmbeddedConfig, tokenizer):
     )
 
 
-def encode_document(tokenizer, document: str, max_len: int) -> tuple[list[int], list[int]]:
-    """(ids, labels): labels keep the completion's step tokens; question and output blocks are ignored."""
-    cut = document.index(QUESTION_END) + len(QUESTION_END) + 1  # the prompt: render_prompt(question)
-    trainable = bytearray(len(document))
-    for start, end, ok in trainable_spans(document[cut:]):
-        if ok:
-            trainable[cut + start : cut + end] = b"\x01" * (end - start)
-    encoded = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"][:max_len]
-    labels = [t if e > s and all(trainable[s:e]) else IGNORE_INDEX for t, (s, e) in zip(ids, encoded["offset_mapping"])]
-    return ids, labels
-
-
 def length_batches(lengths: Sequence[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
     """Indices grouped by similar length, each group at most `batch_tokens` padded tokens, in random order."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
@@ -120,16 +108,13 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, rng: random.Random
     return batches
 
 
-def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        attention[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids and attention mask, labels padded with IGNORE_INDEX."""
+    input_ids, attention_mask = pad_batch([e.input_ids for e in examples], pad_id)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, example in enumerate(examples):
+        labels[row, : len(example.labels)] = torch.tensor(example.labels)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 def lr_at(step: int, config: EmbeddedConfig) -> float:
@@ -153,7 +138,7 @@ def _train_rank(model, tokenizer, encoded, config: EmbeddedConfig, rank: int, wo
     one (up to float summation order) whatever the number of workers."""
     torch.set_num_threads(1)
     rng = random.Random(config.seed)  # every rank draws the same batch order
-    lengths = [len(ids) for ids, _ in encoded]
+    lengths = [len(e.input_ids) for e in encoded]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
@@ -165,7 +150,7 @@ def _train_rank(model, tokenizer, encoded, config: EmbeddedConfig, rank: int, wo
         if not batches:
             batches = length_batches(lengths, config.batch_tokens, rng)
         rows = [encoded[i] for i in batches.pop()]
-        count = sum(sum(1 for t in labels[1:] if t != IGNORE_INDEX) for _, labels in rows)
+        count = sum(sum(1 for t in row.labels[1:] if t != IGNORE_INDEX) for row in rows)
         mine = rows[rank::workers]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
@@ -224,7 +209,8 @@ def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig)
     With config.workers > 1 (and fork available), ranks 1.. are forked child processes, one
     thread each, and this process is rank 0: the model it holds ends up trained.
     """
-    encoded = [encode_document(tokenizer, d, config.max_seq_len) for d in documents]
+    # The same label mask as SFT: the loss is on the solution's steps, not the question or the outputs.
+    encoded = [sft_encode(tokenizer, *split_prompt(d), config.max_seq_len) for d in documents]
     workers = config.workers if "fork" in mp.get_all_start_methods() else 1
     if workers == 1:
         results: queue.Queue = queue.Queue()

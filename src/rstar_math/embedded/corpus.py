@@ -1,10 +1,10 @@
 """The embedded default's seed corpus: step-format solutions of generated problems, with misconceptions.
 
-    from rstar_math.embedded.corpus import InProcessExecutor, build_corpus
+    from rstar_math.embedded.corpus import InProcessExecutor, write_corpus
 
     problems = generate_problems(MODULES, 2000, difficulty=(0.0, 0.4), seed=7)
-    documents = build_corpus(problems, misconception_rate={"numbers__gcd": 0.7}, seed=0,
-                             executor=InProcessExecutor())
+    corpus = write_corpus(problems, misconception_rate={"numbers__gcd": 0.7}, seed=0,
+                          executor=InProcessExecutor())     # corpus.documents, .writers, .modules
 
 Each supported mathematics_dataset module has a parser of its question templates and
 a writer of solutions in the step format (steps.py): a `# Step i: ...` comment and
@@ -64,8 +64,8 @@ __all__ = [
     "InProcessExecutor",
     "ModuleSpec",
     "Plan",
-    "build_corpus",
     "execute_plan",
+    "module_of",
     "render_document",
     "write_corpus",
 ]
@@ -592,14 +592,3 @@ def write_corpus(
     for module, counts in sorted(skipped.items()):
         log.info("corpus: skipped %s problems of %s (%s)", sum(counts.values()), module, dict(counts))
     return CorpusResult(tuple(documents), tuple(writers), tuple(modules), tuple(ids), skipped)
-
-
-def build_corpus(
-    problems: Iterable[Mapping[str, Any]] | Any,
-    *,
-    misconception_rate: Mapping[str, float],
-    seed: int,
-    executor: Executor,
-) -> list[str]:
-    """Rendered documents (prompt + steps with executed outputs + answer), one per usable problem."""
-    return list(write_corpus(problems, misconception_rate=misconception_rate, seed=seed, executor=executor).documents)

@@ -25,7 +25,7 @@ from rstar_math.config import RunConfig
 from rstar_math.data.schemas import PROBLEMS, SFT_DATA, write_table
 from rstar_math.lineage import RunContext
 from rstar_math.stages.io import read_artifact_table
-from rstar_math.steps import QUESTION_END
+from rstar_math.steps import split_prompt
 from rstar_math.store import local_copy
 
 CORPUS_FILE = "seed_corpus.parquet"
@@ -36,8 +36,8 @@ def corpus_rows(documents: Sequence[str], problem_ids: Sequence[str], modules: S
     """Seed documents as SFT_DATA rows: the prompt is everything up to the end of the question."""
     rows = []
     for document, problem_id, module in zip(documents, problem_ids, modules):
-        cut = document.index(QUESTION_END) + len(QUESTION_END) + 1
-        rows.append({"problem_id": problem_id, "prompt": document[:cut], "completion": document[cut:], "avg_q": 0.0,
+        prompt, completion = split_prompt(document)
+        rows.append({"problem_id": problem_id, "prompt": prompt, "completion": completion, "avg_q": 0.0,
                      "source": f"mathematics_dataset/{module}"})
     return pa.Table.from_pylist(rows, schema=SFT_DATA.schema)
 
