@@ -26,6 +26,7 @@ endpoint from a ConfigMap (never from parameters), and its run id from the pod's
 
 
 import contextlib
+import copy
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
@@ -207,12 +208,30 @@ def _base_model(p: Placement, config_yaml, train, held_out) -> dsl.PipelineTask:
     return on_gpu(base, "prepare-base-model", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
 
 
+def _own_executor(component, name: str):
+    """The same component under another name, hence with its own executor.
+
+    kfp-kubernetes keeps pod settings (labels, secret and node-selector parameters) per
+    executor, and KFP gives one executor to every use of an identical component. A
+    component used both inside a round sub-pipeline and outside it would share one set of
+    settings, naming parameters of one scope only, and which scope won varied from one
+    compilation to the next."""
+    clone = copy.deepcopy(component)
+    clone.component_spec.name = name
+    return clone
+
+
+# Round 0's uses, outside the round sub-pipelines ("-0": the stage is still evaluate / round-report).
+_evaluate_base_model = _own_executor(c.evaluate, "evaluate-0")
+_round_zero_report = _own_executor(c.round_report, "round-report-0")
+
+
 def _round_zero(p: Placement, config_yaml, policy, held_out, ppm=None) -> dsl.PipelineTask:
     """Held-out accuracy of the models the run starts from: round 0 of the history."""
-    baseline = c.evaluate(config_yaml=config_yaml, round=0, policy=policy, held_out=held_out,
-                          **({"ppm": ppm} if ppm is not None else {}))
+    baseline = _evaluate_base_model(config_yaml=config_yaml, round=0, policy=policy, held_out=held_out,
+                                    **({"ppm": ppm} if ppm is not None else {}))
     on_gpu(baseline, "evaluate-base-model", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
-    history = c.round_report(config_yaml=config_yaml, round=0, evaluation=baseline.outputs["evaluation"])
+    history = _round_zero_report(config_yaml=config_yaml, round=0, evaluation=baseline.outputs["evaluation"])
     return on_cpu(history, "round-report", p, cpu="1", memory="2G")
 
 
