@@ -7,7 +7,10 @@ Two sets of typical step snippets, each as the search runs it: a cumulative prog
 whose prefix (earlier steps) runs silently before the new step's code.
   basic       arithmetic, a sympy solve, a loop, fractions: one of four imports sympy
   trajectory  programs as search runs them in the embedded world: step 1 makes the
-              imports (sympy for equations and exact arithmetic), later steps carry them
+              imports (sympy for equations and exact arithmetic), later steps carry them;
+              two of four name sympy, as 53% of the programs a default run executes do
+Programs that name numpy or sympy run on the pool's full tier, the others on its light
+tier (protocol.Tier); the table says which.
 Both ways run the same snippets with the same parallelism (one per worker, default one
 per core):
 
@@ -15,7 +18,8 @@ per core):
   fresh   `python -c "<prefix>\\n<code>"` per snippet, run concurrently from a thread pool
 
 Reported: executions per second each way and their ratio (target >= 20x), per-kind
-latency p50/p95 (for the pool: fork to reap inside the worker, measured under full load),
+latency p50/p95 and their ratio (for the pool: fork to reap inside the worker, measured
+under full load; a sympy solve's own work in the child bounds its ratio),
 and how long a `while True: pass` step takes to be killed against the configured
 timeout (target: within 10%).
 """
@@ -33,6 +37,7 @@ import tempfile
 import time
 
 from rstar_math.sandbox import ExecRequest, ExecutorPool, SandboxLimits
+from rstar_math.sandbox.protocol import tier_of
 from rstar_math.sandbox.isolation import sandbox_env
 
 SNIPPETS: dict[str, tuple[str, str]] = {  # kind -> (prefix, code)
@@ -167,10 +172,13 @@ def main() -> None:
             n = numbers[key]
             print(f"  {name:14s} {n['execs_per_s']:9.1f} {n['executions']:11d} {n['seconds']:8.2f}")
         print(f"  speedup: {numbers['speedup']:.1f}x (target >= 20x)")
-        print(f"  {'latency (ms)':16s} {'pool p50':>9s} {'pool p95':>9s} {'fresh p50':>10s} {'fresh p95':>10s}")
-        for kind in SETS[set_name]:
+        print(f"  {'latency (ms)':16s} {'tier':>5s} {'pool p50':>9s} {'pool p95':>9s} {'fresh p50':>10s} "
+              f"{'fresh p95':>10s} {'p50 ratio':>10s}")
+        for kind, (prefix, code) in SETS[set_name].items():
             p, f = numbers["pool"]["latency"][kind], numbers["fresh_python"]["latency"][kind]
-            print(f"  {kind:16s} {p['p50_ms']:9.1f} {p['p95_ms']:9.1f} {f['p50_ms']:10.1f} {f['p95_ms']:10.1f}")
+            tier = tier_of(ExecRequest(code, prefix)).value
+            print(f"  {kind:16s} {tier:>5s} {p['p50_ms']:9.1f} {p['p95_ms']:9.1f} {f['p50_ms']:10.1f} "
+                  f"{f['p95_ms']:10.1f} {f['p50_ms'] / p['p50_ms']:9.1f}x")
         print()
     t = timeout_numbers
     print(f"\ntimeout kill: configured {t['timeout_s']:.1f} s, killed after {t['kill_s_median']:.3f} s median, "

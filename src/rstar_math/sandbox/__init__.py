@@ -7,7 +7,9 @@
         pool.isolation.active()   # the layers enforced on this machine
 
 Every line the policy writes is untrusted and runs thousands of times per problem, so a
-step costs a fork of a warm interpreter (sympy and numpy preloaded), not a new Python.
+step costs a fork of a warm interpreter, not a new Python: a full-tier worker (numpy and
+sympy preloaded) for programs that name numpy or sympy, a light one (the standard library's
+math modules) for the rest, whose fork costs about half.
 
 Enforced in-process, everywhere (any user; Linux >= 5.3):
   - a fresh forked child per step: nothing a step does survives it; its own session and
@@ -66,29 +68,42 @@ Not covered:
   - as root with sandbox_uid_base=None steps run as uid 0 without capabilities: they own
     root's files and RLIMIT_NPROC does not bind them; keep the default
   - a step can import only what its uid can read: where Python lives in a private directory
-    (pyenv under a 0700 /root) only the preloaded modules are importable; the worker warns
+    (pyenv under a 0700 /root) only the preloaded modules are importable; the worker warns.
+    Light workers preload fewer standard-library modules than full ones (numpy and sympy
+    import many), so there a module such as hashlib may import on one tier and not the
+    other; where the installation is readable (the image) both import it
   - determinism stops at id()/default reprs (they differ between workers), unseeded
     generators (numpy.random.default_rng()) and the clock
 """
 
-from rstar_math.sandbox.pool import (
-    ExecRequest,
-    ExecResult,
-    ExecStatus,
-    ExecutorPool,
-    Isolation,
-    PoolStats,
-    SandboxError,
-    SandboxLimits,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ExecRequest",
-    "ExecResult",
-    "ExecStatus",
-    "ExecutorPool",
-    "Isolation",
-    "PoolStats",
-    "SandboxError",
-    "SandboxLimits",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rstar_math.sandbox.pool import ExecutorPool, Isolation, PoolStats, SandboxError
+    from rstar_math.sandbox.protocol import ExecRequest, ExecResult, ExecStatus, SandboxLimits, Tier
+
+# Resolved on first use: the worker imports this package, and every module it holds makes
+# each execution's fork dearer (pool.py brings subprocess, sockets and threads).
+_EXPORTS = {
+    "ExecRequest": "protocol",
+    "ExecResult": "protocol",
+    "ExecStatus": "protocol",
+    "SandboxLimits": "protocol",
+    "Tier": "protocol",
+    "ExecutorPool": "pool",
+    "Isolation": "pool",
+    "PoolStats": "pool",
+    "SandboxError": "pool",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

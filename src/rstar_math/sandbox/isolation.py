@@ -226,15 +226,20 @@ def set_parent_death_signal(parent_pid: int) -> bool:
     return True
 
 
+# Made once in the worker: a ctypes array type or a first libc lookup costs a child ~0.1 ms.
+_CapHeader, _CapData = ctypes.c_uint32 * 2, ctypes.c_uint32 * 6
+_capset, _capget = _libc.capset, _libc.capget
+
+
 def drop_capabilities() -> bool:
     """Empty the effective, permitted and inheritable capability sets (and with them the
     ambient set). After setuid from root they are empty already; in a user namespace (the
     unprivileged network-namespace path) this is what takes the namespace's capabilities
     away. Returns whether capget confirms nothing is left."""
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    _libc.capset(header, (ctypes.c_uint32 * 6)())
-    left = (ctypes.c_uint32 * 6)()
-    return _libc.capget(header, left) == 0 and not any(left)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    _capset(header, _CapData())
+    left = _CapData()
+    return _capget(header, left) == 0 and not any(left)
 
 
 def set_no_new_privs() -> bool:

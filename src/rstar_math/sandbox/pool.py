@@ -8,8 +8,11 @@
         pool.isolation.active()               # the layers this machine enforces
         pool.stats                            # executions, cache hits, workers replaced, time
 
-The pool starts N workers (`python -m rstar_math.sandbox.worker`, default one per CPU
-core) and drives them from one thread each, so a batch keeps every core busy; results
+The pool starts N workers of each tier (`python -m rstar_math.sandbox.worker`, default N
+= one per CPU core): full workers hold numpy and sympy, light ones only the standard
+library and fork in about half the time; a program runs on the tier its text asks for
+(`protocol.tier_of`: does it name numpy, sympy or mpmath?). N threads drive them, so a
+batch keeps every core busy and never runs more than N executions at once; results
 come back in input order. A worker that dies, hangs past timeout + a grace period, or
 breaks the protocol is killed and replaced; the request it held is retried once on the
 fresh worker and then reported as `killed`, and the pool keeps serving.
@@ -45,7 +48,6 @@ import queue
 import select
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,97 +57,35 @@ import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rstar_math.sandbox import isolation
+from rstar_math.sandbox.protocol import (
+    FRAME,
+    ExecRequest,
+    ExecResult,
+    ExecStatus,
+    SandboxLimits,
+    Tier,
+    encode_frame,
+    tier_of,
+)
 
 if TYPE_CHECKING:
     from rstar_math.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
-FRAME = struct.Struct(">I")
-"""Pool <-> worker frames: this 4-byte big-endian length, then a UTF-8 JSON object."""
 _MAX_REPLY_BYTES = 16 << 20
 _UID_SEARCH = 4096
 _BASE_PREFIX = "rstar-sandbox-"
 CLOSE_TIMEOUT_S = 5.0
 
 
-def encode_frame(obj: Any) -> bytes:
-    data = json.dumps(obj).encode()
-    return FRAME.pack(len(data)) + data
-
-
 class SandboxError(RuntimeError):
     """The pool could not start (or restart) its workers."""
-
-
-class ExecStatus(str, Enum):
-    OK = "ok"
-    ERROR = "error"  # an exception; `error` holds its last traceback line
-    TIMEOUT = "timeout"  # wall clock or CPU limit
-    MEMORY = "memory"  # MemoryError, or death at the memory limit
-    OUTPUT_LIMIT = "output_limit"  # printed past the hard output cap
-    KILLED = "killed"  # died by a signal or exited without a result
-
-
-@dataclass(frozen=True)
-class ExecRequest:
-    """One cumulative program: `prefix` (earlier OK steps) runs silently, then `code`."""
-
-    code: str
-    prefix: str = ""
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    status: ExecStatus
-    stdout: str  # what `code` printed, at most max_output_chars
-    error: str  # "" when ok; otherwise e.g. "NameError: name 'x' is not defined"
-    duration_s: float
-    truncated: bool  # stdout was cut
-
-    @property
-    def ok(self) -> bool:
-        return self.status is ExecStatus.OK
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    timeout_s: float = 10.0
-    """Wall clock per execution, prefix included."""
-    memory_mb: int = 1024
-    """Address space an execution may add to the preloaded worker's (RLIMIT_AS)."""
-    max_processes: int = 32
-    """Processes and threads of an execution (RLIMIT_NPROC; exact only with a dedicated uid)."""
-    max_file_mb: int = 16
-    """Largest file an execution may write (RLIMIT_FSIZE)."""
-    max_open_files: int = 64
-    max_output_chars: int = 2048
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ValueError(f"SandboxLimits.{f.name} must be positive, got {getattr(self, f.name)!r}")
-
-    @property
-    def cpu_s(self) -> int:
-        """RLIMIT_CPU: a little above the wall clock, so it only fires when several
-        threads or processes burn CPU in parallel."""
-        return math.ceil(self.timeout_s) + 1
-
-    @property
-    def output_cap_bytes(self) -> int:
-        """Bytes of stdout after which an execution is killed with `output_limit`."""
-        return max(64 * self.max_output_chars, 1 << 20)
-
-    @classmethod
-    def from_config(cls, config: SandboxConfig) -> SandboxLimits:
-        return cls(timeout_s=config.timeout_s, memory_mb=config.memory_mb, max_output_chars=config.max_output_chars)
 
 
 @dataclass(frozen=True)
@@ -194,8 +134,8 @@ class _WorkerLost(Exception):
 class _Worker:
     """One worker process and its pipes. Used by one thread at a time."""
 
-    def __init__(self, slot_dir: str, uid: int | None, limits: SandboxLimits):
-        settings = {"slot_dir": slot_dir, "uid": uid, "limits": dataclasses.asdict(limits)}
+    def __init__(self, slot_dir: str, uid: int | None, limits: SandboxLimits, tier: Tier):
+        settings = {"slot_dir": slot_dir, "uid": uid, "limits": dataclasses.asdict(limits), "tier": tier.value}
         env = isolation.sandbox_env(home=slot_dir)
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # rstar_math importable even when not installed
         self.proc = subprocess.Popen(
@@ -386,18 +326,23 @@ class ExecutorPool:
         workers: int | None = None,
         *,
         cache_size: int = 100_000,
+        light_tier: bool = True,
         sandbox_uid_base: int | None = 60000,
         tmp_root: str | None = None,
         start_timeout_s: float = 120.0,
         reply_grace_s: float = 15.0,
     ):
         """`workers`: default one per CPU core. `cache_size`: results kept (LRU), 0 = no cache.
+        `light_tier`: next to each full worker (numpy and sympy preloaded) start a light one
+        (standard library only) for the programs that never name numpy or sympy, whose forks
+        cost about half; at most `workers` executions still run at a time. False: one tier.
         `sandbox_uid_base`: first uid tried for workers when running as root (None: keep the
         pool's uid). `tmp_root`: where execution dirs go (default: the system temp dir).
         `reply_grace_s`: beyond the timeout, how long a worker may take to answer before it
         counts as hung (its own clean-up of leftover processes may take up to 5 s)."""
         self.limits = limits or SandboxLimits()
         n = workers or os.cpu_count() or 1
+        self._tiers = [Tier.FULL] * n + ([Tier.LIGHT] * n if light_tier else [])
         self._start_timeout_s = start_timeout_s
         self._reply_timeout_s = self.limits.timeout_s + reply_grace_s
         self._cache_size = cache_size
@@ -414,26 +359,28 @@ class ExecutorPool:
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._base, base_lock, self._uids, claims)
         try:
             if sandbox_uid_base is not None and os.geteuid() == 0:
-                uids, held = _claim_uids(n, sandbox_uid_base)
+                uids, held = _claim_uids(len(self._tiers), sandbox_uid_base)
                 self._uids.extend(uids)
                 claims.extend(held)
             else:
-                self._uids.extend([None] * n)
-            self._slots = [os.path.join(self._base, f"w{i}") for i in range(n)]
+                self._uids.extend([None] * len(self._tiers))
+            self._slots = [os.path.join(self._base, f"{tier.value}{i % n}") for i, tier in enumerate(self._tiers)]
             for slot in self._slots:
                 os.mkdir(slot, 0o711)
-            self._workers.extend(_Worker(slot, uid, self.limits)
-                                 for slot, uid in zip(self._slots, self._uids, strict=True))
+            self._workers.extend(_Worker(slot, uid, self.limits, tier)
+                                 for slot, uid, tier in zip(self._slots, self._uids, self._tiers, strict=True))
             for worker in self._workers:
                 worker.wait_ready(start_timeout_s)
         except (_WorkerLost, OSError, SandboxError) as exc:
             self.close()
             raise SandboxError(f"sandbox workers did not start: {exc}") from exc
-        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(n):
-            self._idle.put(i)
+        self._idle: dict[Tier, queue.SimpleQueue[int]] = {tier: queue.SimpleQueue() for tier in set(self._tiers)}
+        for i, tier in enumerate(self._tiers):
+            self._idle[tier].put(i)
+        # n threads: at most n executions at a time, whichever tier each needs.
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox")
-        log.info("sandbox pool: %d workers, isolation: %s", n, ", ".join(self.isolation.active()))
+        log.info("sandbox pool: %d workers (%s), isolation: %s", len(self._tiers),
+                 ", ".join(sorted({t.value for t in self._tiers})), ", ".join(self.isolation.active()))
 
     @classmethod
     def from_config(cls, config: SandboxConfig, **kwargs: Any) -> ExecutorPool:
@@ -463,6 +410,13 @@ class ExecutorPool:
     @property
     def worker_pids(self) -> tuple[int, ...]:
         return tuple(w.proc.pid for w in self._workers)
+
+    def worker_pids_of(self, tier: Tier) -> tuple[int, ...]:
+        return tuple(w.proc.pid for w, t in zip(self._workers, self._tiers, strict=True) if t is tier)
+
+    def tier_for(self, request: ExecRequest) -> Tier:
+        """The tier whose worker runs `request` (always full without a light tier)."""
+        return tier_of(request) if Tier.LIGHT in self._idle else Tier.FULL
 
     @property
     def workdir_root(self) -> str:
@@ -523,7 +477,8 @@ class ExecutorPool:
 
     def _run_one(self, request: ExecRequest) -> tuple[ExecResult, bool]:
         """Run on an idle worker; retry once on a fresh worker if it is lost. -> (result, cacheable)"""
-        index = self._idle.get()
+        idle = self._idle[self.tier_for(request)]
+        index = idle.get()
         try:
             payload = {"code": request.code, "prefix": request.prefix}
             for attempt in range(2):
@@ -542,7 +497,7 @@ class ExecutorPool:
                               0.0, False)
             return lost, False
         finally:
-            self._idle.put(index)
+            idle.put(index)
 
     def _replace(self, index: int, why: str) -> None:
         """Kill worker `index` and start a fresh one in its place (it takes over the slot once ready)."""
@@ -551,7 +506,7 @@ class ExecutorPool:
         old.kill()
         with self._lock:
             self._replaced += 1
-        worker = _Worker(self._slots[index], self._uids[index], self.limits)
+        worker = _Worker(self._slots[index], self._uids[index], self.limits, self._tiers[index])
         try:
             worker.wait_ready(self._start_timeout_s)
         except _WorkerLost as exc:

@@ -1,5 +1,9 @@
 """The warm sandbox worker: preloads the math libraries once, then forks a fresh child per execution.
 
+A worker is of one tier (`protocol.Tier`): light workers preload the standard library's
+math modules (PRELOAD) and refuse numpy, sympy and mpmath; full workers also hold those
+(PRELOAD_FULL). The pool sends each program to the tier its text asks for.
+
 Started only by ExecutorPool, as
 
     python -s -m rstar_math.sandbox.worker '<settings json>'
@@ -13,8 +17,9 @@ numeric libraries single-threaded) and pipes on stdin/stdout. Protocol: frames o
 whatever a child sends back is parsed with a size bound.
 
 Once, at start: become a child subreaper, enter an empty network namespace, import
-sympy/numpy/the stdlib math modules and warm sympy.solve/simplify (lazy submodules are
-loaded before any child loses the right to read them), drop to the allow-listed
+the stdlib math modules (full tier: also sympy/numpy, warming sympy.solve/simplify so lazy
+submodules are loaded before any child loses the right to read them, and seeding numpy's
+global generator, which numpy does not reseed at fork), drop to the allow-listed
 environment, kill whatever a predecessor left on this worker's uid, open the Landlock
 read-only paths, freeze the heap for the GC and fold it into huge pages (cheaper forks),
 then run one probe execution: the layers it manages to apply become required, and a later
@@ -22,7 +27,7 @@ child that cannot apply one of them refuses to run its code (fail closed).
 
 Per execution: a fresh temp dir, a forked child (new session; isolation layers; `prefix`
 run with stdout/stderr on /dev/null, then `code` with stdout on a pipe, both in one fresh
-`__main__` namespace, random and numpy seeded with 0), the child's stdout read with a byte
+`__main__` namespace, random seeded with 0), the child's stdout read with a byte
 cap, its structured result read from a second pipe, a wall-clock deadline, then SIGKILL for
 its process group. The worker is a child subreaper, so any process that outlived the group
 (a setsid() escape, a double fork) is still its descendant: while waitpid(-1) finds one, a
@@ -61,20 +66,26 @@ import types
 from typing import Any, NoReturn
 
 from rstar_math.sandbox import isolation
-from rstar_math.sandbox.pool import FRAME, ExecStatus, SandboxLimits, encode_frame
+from rstar_math.sandbox.protocol import FRAME, FULL_TIER_MODULES, ExecStatus, SandboxLimits, Tier, encode_frame
 
 log = logging.getLogger("rstar_math.sandbox.worker")
 
 PRELOAD = (
     "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections", "re",
     "random", "string", "heapq", "bisect", "operator", "copy", "datetime", "calendar", "json", "dataclasses",
-    "numbers", "typing", "array", "struct", "textwrap", "pprint", "numpy", "numpy.linalg", "numpy.random",
-    "numpy.polynomial", "sympy",
+    "numbers", "typing", "array", "struct", "textwrap", "pprint",
+    "os", "time", "signal", "threading", "socket",
 )
-"""Imported before any child exists: children find them in memory and never read them from disk."""
+"""Imported by every worker before any child exists: children find them in memory and never
+read them from disk. The math modules policy code uses, and the system modules a step (or a
+hostile one) reaches for, so that on a host where the step's uid cannot read the Python
+installation, isolation, not a missing module, is what stops it."""
+PRELOAD_FULL = ("numpy", "numpy.linalg", "numpy.random", "numpy.polynomial", "sympy")
+"""Imported by full-tier workers only."""
 
 MAX_REQUEST_BYTES = 64 << 20
 _MADV_COLLAPSE = 25
+_MAX_FD = 1 << 20  # above any RLIMIT_NOFILE a worker inherits; closerange stops at the last open fd
 CLEANUP_S = 5.0
 """How long the worker keeps killing an execution's leftover processes before giving up."""
 
@@ -120,9 +131,26 @@ def write_all(fd: int, data: bytes) -> None:
 # -- start-up -----------------------------------------------------------------------------
 
 
-def preload() -> None:
+class _FullTierOnly:
+    """A meta path finder for light-tier workers: numpy, sympy and mpmath refuse to import
+    (a program that names them runs on the full tier; one that imports them under another
+    name gets this error on every run, never a slow import from disk)."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: object = None, target: object = None) -> None:
+        if fullname.partition(".")[0] in FULL_TIER_MODULES:
+            raise ModuleNotFoundError(f"No module named {fullname!r} here: a program that imports it must name it",
+                                      name=fullname)
+
+
+def preload(tier: Tier) -> None:
     """Import and exercise what policy code uses, so children find it in memory."""
     for name in PRELOAD:
+        importlib.import_module(name)
+    if tier is Tier.LIGHT:
+        sys.meta_path.insert(0, _FullTierOnly)  # type: ignore[arg-type]  # a finder need not subclass
+        return
+    for name in PRELOAD_FULL:
         importlib.import_module(name)
     import numpy
     import sympy
@@ -135,6 +163,7 @@ def preload() -> None:
     sympy.factorint(360), sympy.isprime(97), sympy.Matrix([[1, 2], [3, 4]]).det(), sympy.summation(x, (x, 1, 10))
     numpy.linalg.solve(numpy.eye(2), numpy.ones(2))
     numpy.random.default_rng(0).random(2)
+    numpy.random.seed(0)  # the global state every child starts from (numpy does not reseed at fork)
 
 
 def collapse_to_huge_pages() -> int:
@@ -178,13 +207,12 @@ def _vm_size() -> int:
 
 
 def _close_fds_except(keep: set[int]) -> None:
-    for entry in os.listdir("/proc/self/fd"):
-        fd = int(entry)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory listing's own fd
+    """Close every fd above 2 but `keep` (close_range(2) between them: no /proc listing)."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _MAX_FD)
 
 
 def _remove_tree(path: str) -> None:
@@ -234,7 +262,6 @@ def _run_program(code: str, prefix: str, out_w: int, limit: int, main: types.Mod
     sys.modules["__main__"] = main
     tempfile.tempdir = None  # recomputed from TMPDIR (the execution's own dir)
     random.seed(0)  # after fork: random's at-fork hook has just reseeded it from the OS
-    sys.modules["numpy"].random.seed(0)
     status, error = ExecStatus.OK.value, ""
     try:
         if prefix:
@@ -260,13 +287,13 @@ def _run_program(code: str, prefix: str, out_w: int, limit: int, main: types.Mod
 class Worker:
     """State kept across executions; `execute` is the per-request entry point."""
 
-    def __init__(self, limits: SandboxLimits, slot_dir: str, uid: int | None):
+    def __init__(self, limits: SandboxLimits, slot_dir: str, uid: int | None, tier: Tier):
         self.limits = limits
         self.slot_dir = slot_dir
         self.pid = os.getpid()
         self.layers = {name for name, on in (("child_subreaper", isolation.set_child_subreaper()),
                                              ("network_namespace", isolation.enter_network_namespace())) if on}
-        preload()
+        preload(tier)
         if isolation.apply_env(isolation.sandbox_env(slot_dir)):  # children only set HOME and TMPDIR
             self.layers.add("clean_env")
         # Fresh streams for the children (never written here, so their buffers are empty).
@@ -510,7 +537,7 @@ def main(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     if sys.path and sys.path[0] == os.getcwd():  # `-m` puts the slot dir first; children have no use for it
         del sys.path[0]
-    worker = Worker(SandboxLimits(**settings["limits"]), settings["slot_dir"], settings["uid"])
+    worker = Worker(SandboxLimits(**settings["limits"]), settings["slot_dir"], settings["uid"], Tier(settings["tier"]))
     write_all(replies, encode_frame({"ready": True, "pid": os.getpid(), "isolation": worker.report()}))
     while (request := read_frame(requests, MAX_REQUEST_BYTES)) is not None:
         code, prefix = request.get("code"), request.get("prefix", "")
