@@ -40,7 +40,8 @@ def problems() -> dict[str, list[dict]]:
 
 # Upper bounds on how often a misconceived solution is right by coincidence (measured at
 # difficulty 0.2: gcd 8%, remainder 1%, is_factor 50% by design, mixed 20%, linear 31%, composed 31%,
-# is_factor_composed 49%: its final check is a coin flip).
+# is_factor_composed 49%: its final check is a coin flip; evaluate 69%: a pasted argument only
+# goes wrong when it is negative under an even power).
 COINCIDENCE_BOUND = {
     "numbers__gcd": 0.2,
     "numbers__div_remainder": 0.08,
@@ -49,6 +50,7 @@ COINCIDENCE_BOUND = {
     "algebra__linear_1d": 0.45,
     "algebra__linear_1d_composed": 0.5,
     "numbers__is_factor_composed": 0.7,
+    "polynomials__evaluate": 0.8,
 }
 
 
@@ -88,6 +90,18 @@ def test_correct_solutions_reproduce_the_answer_and_misconceptions_are_wrong(mod
     assert correct == parsed_count  # every correct solution reproduces the generator's answer
     assert misconceived >= 0.8 * parsed_count
     assert 1 - wrong / misconceived <= COINCIDENCE_BOUND[module]
+
+
+def test_pasted_argument_loses_its_sign_under_an_even_power():
+    spec = MODULES["polynomials__evaluate"]
+    parsed = spec.parse("Let f(k) = -6*k**2 - 23*k - 1. Determine f(-5).")
+    right, pasted = (spec.write(parsed, random.Random(0), rate) for rate in (0.0, 1.0))
+    assert right.steps[0].code == "def f(k):\n    return -6*k**2 - 23*k - 1\nprint(f(-5))"
+    assert pasted.steps[0].code == "print(-6*-5**2 - 23*-5 - 1)" and pasted.writer == "substitution x1"
+    executor = InProcessExecutor()
+    assert (execute_plan(right, executor), execute_plan(pasted, executor)) == (["-36"], ["264"])
+    by_name = spec.parse("Let c = 3 - 5. Let f(k) = k**2. What is f(c)?")
+    assert spec.write(by_name, random.Random(0), 1.0).correct  # a name pastes without harm: nothing to get wrong
 
 
 def test_steps_are_in_the_step_format(problems):

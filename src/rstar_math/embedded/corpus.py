@@ -310,12 +310,13 @@ class Clause:
     kind: str
     """'assign' (Let x = e / Let x be e), 'define' (Let f(x) = e), 'derivative' (Let f(x) be the
     second derivative of e), 'suppose' (equations in unknown names), 'solve' (final: Solve ... for x),
-    'divides' (final: Is a a factor of b?)."""
+    'divides' (final: Is a a factor of b?), 'evaluate' (final: What is f(a)?)."""
     names: tuple[str, ...]
-    """assign: (x,); define/derivative: (f, x); suppose: the unknowns; solve: (x,); divides: ()."""
+    """assign: (x,); define/derivative: (f, x); suppose: the unknowns; solve: (x,); divides: ();
+    evaluate: (f,)."""
     exprs: tuple[str, ...]
     """assign/define: (e,); derivative: (e, order); suppose/solve: (lhs0, rhs0, lhs1, rhs1, ...);
-    divides: (divisor, number)."""
+    divides: (divisor, number); evaluate: (a,)."""
 
 
 def _names(expr: str) -> set[str]:
@@ -342,8 +343,8 @@ def _parse_clauses(question: str) -> tuple[Clause, ...] | None:
 
     Supported: Let x = e, Let x be e, Let f(x) = e (no division), Let f(x) be the first/second/third
     derivative of e, Suppose <equations in as many new names>, and one final Solve <equation> for x,
-    or Is a a factor of b / Does a divide b / Is b a multiple of a / Is b even. Anything else is not:
-    those problems are skipped.
+    Is a a factor of b / Does a divide b / Is b a multiple of a / Is b even, or What is / Give /
+    Determine / Calculate f(a). Anything else is not: those problems are skipped.
     """
     sentences = re.split(r"(?<=[.?])\s+(?=[A-Z])", question.strip())
     clauses: list[Clause] = []
@@ -384,13 +385,18 @@ def _parse_clauses(question: str) -> tuple[Clause, ...] | None:
             if sides is None or len(sides) != 2 or not all(_expression_ok(e, known | {x}, functions) for e in sides):
                 return None
             clauses.append(Clause("solve", (x,), sides))
+        elif m := re.fullmatch(r"(?:What is|Give|Determine|Calculate) ([a-z])\((.+)\)", s):
+            f, arg = m.groups()
+            if f not in functions or not _expression_ok(arg, known, functions):
+                return None
+            clauses.append(Clause("evaluate", (f,), (arg,)))
         elif exprs := next((read(m) for pattern, read in _DIVIDES if (m := pattern.fullmatch(s))), None):
             if not all(_expression_ok(e, known, functions) for e in exprs):
                 return None
             clauses.append(Clause("divides", (), exprs))
         else:
             return None
-    finals = [i for i, c in enumerate(clauses) if c.kind in ("solve", "divides")]
+    finals = [i for i, c in enumerate(clauses) if c.kind in ("solve", "divides", "evaluate")]
     if finals != [len(clauses) - 1]:
         return None
     return tuple(clauses)
@@ -435,6 +441,9 @@ def _clause_step(clause: Clause, misconceived: bool) -> CodeStep:
         (x,) = names
         eq = _equation_code(exprs[0], exprs[1], misconceived)
         return CodeStep(f"solve for {x}", f"{x} = symbols('{x}')\nprint(solve({eq}, {x})[0])")
+    if kind == "evaluate":
+        (f,), (arg,) = names, exprs
+        return CodeStep(f"evaluate {f}({arg})", f"print({f}({_value_code(arg)}))")
     divisor, number = _operand(_value_code(exprs[0])), _operand(_value_code(exprs[1]))
     comment = f"check whether {exprs[0]} divides {exprs[1]}"
     if misconceived:
@@ -442,23 +451,51 @@ def _clause_step(clause: Clause, misconceived: bool) -> CodeStep:
     return CodeStep(comment, f"print({number} % {divisor} == 0)")
 
 
+def _substituted(definition: tuple[str, str] | None, arg: str) -> str | None:
+    """The evaluation misconception: `arg` pasted into the body as text, without parentheses, so
+    -5 under an even power loses its sign (-5**2 is -25). None where there is nothing to paste
+    it into: a function defined through others or by a derivative, or an argument that is a name."""
+    if definition is None or not re.fullmatch(_INT, arg):
+        return None
+    x, body = definition
+    return None if _FUNCTION.search(body) else re.sub(rf"(?<![\w.]){x}(?![\w(])", arg, body)
+
+
 def _write_clauses(clauses: tuple[Clause, ...], rng: random.Random, rate: float) -> Plan:
-    """One step per clause, each equation (and the final check) misconceived with probability `rate`;
-    definitions of functions join the step of the clause after them."""
+    """One step per clause, each equation, the final check and a final evaluation misconceived with
+    probability `rate`; definitions of functions join the step of the clause after them."""
     steps: list[CodeStep] = []
     pending: list[str] = []  # function definitions not yet placed
     defined: list[str] = []  # and their names
+    plain: dict[str, tuple[str, str]] = {}  # functions defined by an expression: name -> (variable, body)
     mistakes: Counter = Counter()
     for clause in clauses:
         if clause.kind == "define":
             (f, x), (body,) = clause.names, clause.exprs
             pending.append(f"def {f}({x}):\n    return {body}")
             defined.append(f)
+            plain[f] = (x, body)
             continue
         if clause.kind == "derivative":
             (f, x), (body, order) = clause.names, clause.exprs
             pending.append(f"{x} = symbols('{x}')\n{f} = Lambda({x}, diff({body}, {x}, {order}))")
             defined.append(f)
+            continue
+        if clause.kind == "evaluate":
+            (f,), (arg,) = clause.names, clause.exprs
+            pasted = _substituted(plain.get(f), arg)
+            if pasted is not None and rng.random() < rate:
+                mistakes["substitution"] += 1
+                keep = [i for i, name in enumerate(defined) if name != f]  # f is never called now
+                pending, defined = [pending[i] for i in keep], [defined[i] for i in keep]
+                step = CodeStep(f"evaluate {f}({arg})", f"print({pasted})")
+            else:
+                step = _clause_step(clause, False)
+            if pending:
+                step = CodeStep(f"define {', '.join(defined)}, then {step.comment}",
+                                "\n".join(pending) + "\n" + step.code)
+                pending, defined = [], []
+            steps.append(step)
             continue
         misconceived = clause.kind != "assign" and rng.random() < rate
         if misconceived:
@@ -502,6 +539,12 @@ MODULES: dict[str, ModuleSpec] = {
             _composed_parser("solve", "many"),
             _write_clauses,
             "the linear_1d sign mistake, in each equation independently",
+        ),
+        ModuleSpec(
+            "polynomials__evaluate",
+            _composed_parser("evaluate", "any"),
+            _write_clauses,
+            "pastes the argument into the polynomial as text: f(-5) with x**2 gives -5**2 = -25",
         ),
         ModuleSpec(
             "numbers__is_factor_composed",
