@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from rstar_math.config import load_config
 from rstar_math.data.schemas import METRICS, read_table
 from rstar_math.lineage import audit
 from rstar_math.lineage.record import LINEAGE_FILE, LineageRecord
@@ -63,6 +64,9 @@ def test_the_summary_reports_each_round_by_method_and_the_controls(smoke):
     # (A minuscule model solves little, so training may have had nothing to learn from: not asserted here.)
     assert {("search", "solved_share"), ("select", "sft_examples"), ("verify", "terminals"), ("search", "seconds")} <= measured
     assert "all hashes verified" in run.summary
+    per_source = run.summary.split("Greedy accuracy (%) per source and round", 1)[1]
+    for module in load_config("smoke").data.generator.modules:  # one held-out problem each
+        assert f"| {module} |" in per_source
 
 
 def test_the_final_policy_traces_back_to_the_bootstrap_and_the_problems(smoke):

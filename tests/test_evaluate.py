@@ -53,7 +53,7 @@ def executor():
 @pytest.fixture
 def problems_uri(tmp_path):
     table = pa.table({"problem_id": [f"p{i}" for i in range(3)], "question": list(WORLD),
-                      "answer": [t for t, _ in WORLD.values()], "source": ["test"] * 3,
+                      "answer": [t for t, _ in WORLD.values()], "source": ["times", "plus_minus", "plus_minus"],
                       "level": pa.array([None] * 3, pa.int32())})
     with write_artifact(str(tmp_path / "problems"), kind="problems", stage="intake", context=CTX) as d:
         write_table(table, d / "problems.parquet", PROBLEMS)
@@ -80,9 +80,14 @@ def test_every_method_matches_the_hand_computed_accuracy(problems_uri, tiny_mode
     }
     for (method, n), value in expected.items():
         assert result.accuracy("toy", method, n) == pytest.approx(value), (method, n)
+    # and per source: 6 * 7 alone, then 6 + 7 and 6 - 7
+    assert (result.accuracy("toy/times", "greedy"), result.accuracy("toy/plus_minus", "greedy")) == (0.0, 0.5)
+    assert (result.accuracy("toy/times", "majority_vote", 4), result.accuracy("toy/plus_minus", "majority_vote", 4)) \
+        == (1.0, 0.5)
 
     table = read_artifact_table(out, METRICS)
-    greedy = next(r for r in table.to_pylist() if r["method"] == "greedy" and r["metric"] == "accuracy")
+    greedy = next(r for r in table.to_pylist()
+                  if (r["benchmark"], r["method"], r["metric"]) == ("toy", "greedy", "accuracy"))
     assert (greedy["ci_low"], greedy["ci_high"]) == pytest.approx(wilson_interval(1, 3))
     assert greedy["count"] == 3 and greedy["run_id"] == "eval-test" and greedy["round"] == 1
     tokens = [r for r in table.to_pylist() if r["metric"] == "tokens_per_problem" and r["method"] == "greedy"]

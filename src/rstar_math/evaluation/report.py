@@ -129,7 +129,8 @@ def render_report(metrics: pa.Table | list[dict], *, title: str, notes: str = ""
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if notes:
         parts.append(f"<p>{html.escape(notes)}</p>")
-    benchmarks = sorted({r["benchmark"] for r in rows if r["metric"] == "accuracy"})
+    # Plots for whole benchmarks; per-source rows ("held_out/numbers__gcd") only in the table.
+    benchmarks = sorted({r["benchmark"] for r in rows if r["metric"] == "accuracy" and "/" not in r["benchmark"]})
     newest = max((r["round"] for r in rows), default=0)
     for benchmark in benchmarks:
         plots = [p for p in (_accuracy_per_round(rows, benchmark), _accuracy_vs_n(rows, benchmark, newest)) if p]

@@ -94,8 +94,11 @@ def log_metrics(metrics, result) -> None:
     import dataclasses
 
     values = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
-    if hasattr(result, "rows"):  # an evaluation: one metric per method and N
-        values = {f"{r.method}{'@' + str(r.n) if r.n else ''}": r.value for r in result.rows if r.metric == "accuracy"}
+    if hasattr(result, "rows"):  # an evaluation: one metric per method and N (and benchmark, if several)
+        whole = [r for r in result.rows if r.metric == "accuracy" and "/" not in r.benchmark]
+        several = len({r.benchmark for r in whole}) > 1
+        values = {f"{r.benchmark + ':' if several else ''}{r.method}{'@' + str(r.n) if r.n else ''}": r.value
+                  for r in whole}
     for key, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(key, float(value))

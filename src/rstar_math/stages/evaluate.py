@@ -14,14 +14,16 @@ pass_at_n (any of the N samples correct) is reported beside them as an upper bou
 Methods that need a PPM are skipped when none is given (the base model in round 0).
 
 Writes one artefact: metrics.parquet (METRICS schema: accuracy with its 95% Wilson
-interval, tokens per problem), answers.jsonl (every problem's chosen answer per
-method, for audits) and report.html (plots and tables).
+interval, tokens per problem; where a benchmark mixes sources, e.g. generator modules,
+also the accuracy per source as benchmark "<benchmark>/<source>"), answers.jsonl (every
+problem's chosen answer per method, for audits) and report.html (plots and tables).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping
 
 import pyarrow as pa
@@ -64,18 +66,26 @@ class _Recorder:
     round: int
     benchmark: str
     problems: list[Problem]
-    rows: list[MetricRow]
-    answers: list[dict]
+    sources: Mapping[str, str]
+    """problem_id -> source; accuracy is also reported per source when there are several."""
+    rows: list[MetricRow] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)
 
     def record(self, method: str, n: int | None, chosen: dict[str, str | None], tokens: int) -> None:
         correct = []
+        by_source: dict[str, list[bool]] = defaultdict(list)
         for problem in self.problems:
             answer = chosen.get(problem.problem_id)
             ok = answer is not None and answers_match(answer, problem.answer)
             correct.append(ok)
+            if problem.problem_id in self.sources:
+                by_source[self.sources[problem.problem_id]].append(ok)
             self.answers.append({"benchmark": self.benchmark, "problem_id": problem.problem_id, "method": method,
                                  "n": n, "answer": answer, "correct": ok})
         self.rows.append(accuracy_row(self.run_id, self.round, self.benchmark, method, n, correct))
+        if len(by_source) > 1:
+            for source, oks in sorted(by_source.items()):
+                self.rows.append(accuracy_row(self.run_id, self.round, f"{self.benchmark}/{source}", method, n, oks))
         self.rows.append(MetricRow(self.run_id, self.round, self.benchmark, method, "tokens_per_problem",
                                    tokens / max(1, len(self.problems)), n, count=len(self.problems)))
 
@@ -90,11 +100,13 @@ def evaluate_problems(
     config: RunConfig,
     round: int,
     run_id: str,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[list[MetricRow], list[dict]]:
-    """Every configured method on one benchmark; returns metric rows and per-problem answers."""
+    """Every configured method on one benchmark; returns metric rows and per-problem answers.
+    `sources` (problem_id -> source) adds accuracy rows per source."""
     methods = [m for m in config.evaluate.methods if value_model is not None or m not in PPM_METHODS]
     ns = sorted(set(config.evaluate.n))
-    recorder = _Recorder(run_id, round, benchmark, problems, [], [])
+    recorder = _Recorder(run_id, round, benchmark, problems, sources or {})
     search = config.search
     base = SamplingSettings(max_depth=search.max_depth, max_consecutive_errors=search.max_consecutive_errors,
                             max_step_tokens=search.max_step_tokens)
@@ -183,10 +195,12 @@ def evaluate(
             table = read_problem_set(source)
             if config.evaluate.max_problems:
                 table = table.slice(0, config.evaluate.max_problems)
-            problems = [Problem(r["problem_id"], r["question"], r["answer"], 0) for r in table.to_pylist()]
+            records = table.to_pylist()
+            problems = [Problem(r["problem_id"], r["question"], r["answer"], 0) for r in records]
             more_rows, more_answers = evaluate_problems(problems, name, engine=engine, executor=executor,
                                                         value_model=value_model, config=config, round=round,
-                                                        run_id=context.run_id)
+                                                        run_id=context.run_id,
+                                                        sources={r["problem_id"]: r["source"] for r in records})
             rows += more_rows
             answers += more_answers
     finally:

@@ -109,21 +109,50 @@ def round_report(
     return table
 
 
+_METHOD_ORDER = ["greedy", "majority_vote", "best_of_n_ppm", "mcts_ppm", "mcts_ppm_vote", "control"]
+
+
+def _method(row: dict) -> str:
+    return row["method"] + (f"@{row['n']}" if row["n"] else "")
+
+
+def _percent_table(corner: str, cells: dict[tuple, float]) -> str:
+    """Markdown: one line per first key, one column per second key (rounds in order, methods in
+    the usual order), in %."""
+    lines_keys = sorted({k[0] for k in cells})
+    columns = sorted({k[1] for k in cells}, key=lambda m: (0, m) if isinstance(m, int) else (
+        next((i for i, p in enumerate(_METHOD_ORDER) if m.startswith(p)), 99), m))
+    lines = [f"| {corner} | " + " | ".join(map(str, columns)) + " |", "|---|" + "---|" * len(columns)]
+    for key in lines_keys:
+        values = [f"{100 * cells[(key, c)]:.1f}" if (key, c) in cells else "-" for c in columns]
+        lines.append(f"| {key} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def accuracy_table(rows: list[dict], benchmark: str = "held_out") -> str:
     """Held-out accuracy per round (rows) and method (columns), as a Markdown table."""
-    cells: dict[tuple[int, str], float] = {}
-    for r in rows:
-        if r["benchmark"] == benchmark and r["metric"] == "accuracy" and r["method"] != "pass_at_n":
-            cells[(r["round"], r["method"] + (f"@{r['n']}" if r["n"] else ""))] = r["value"]
-    rounds = sorted({k[0] for k in cells})
-    order = ["greedy", "majority_vote", "best_of_n_ppm", "mcts_ppm", "mcts_ppm_vote", "control"]
-    methods = sorted({k[1] for k in cells},
-                     key=lambda m: (next((i for i, p in enumerate(order) if m.startswith(p)), 99), m))
-    lines = ["| round | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for rnd in rounds:
-        values = [f"{100 * cells[(rnd, m)]:.1f}" if (rnd, m) in cells else "-" for m in methods]
-        lines.append(f"| {rnd} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
+    cells = {(r["round"], _method(r)): r["value"] for r in rows
+             if r["benchmark"] == benchmark and r["metric"] == "accuracy" and r["method"] != "pass_at_n"}
+    return _percent_table("round", cells)
+
+
+def source_tables(rows: list[dict], benchmark: str = "held_out") -> str:
+    """Where `benchmark` mixes sources (the generator's modules): greedy accuracy per source and
+    round, and the last round's accuracy per source and method. "" for a single source."""
+    prefix = benchmark + "/"
+    mine = [r for r in rows if r["benchmark"].startswith(prefix) and r["metric"] == "accuracy"]
+    if not mine:
+        return ""
+    sources = {r["benchmark"][len(prefix):] for r in mine}
+    # 'mathematics_dataset/numbers__gcd' reads as 'numbers__gcd' where the last parts are unique
+    short = {s: s.rsplit("/", 1)[-1] for s in sources}
+    name = short.get if len(set(short.values())) == len(sources) else (lambda s: s)
+    greedy = {(name(r["benchmark"][len(prefix):]), r["round"]): r["value"] for r in mine if r["method"] == "greedy"}
+    last = max(r["round"] for r in mine)
+    methods = {(name(r["benchmark"][len(prefix):]), _method(r)): r["value"] for r in mine if r["round"] == last}
+    by_round, by_method = _percent_table("source / round", greedy), _percent_table("source", methods)
+    return (f"Greedy accuracy (%) per source and round:\n\n{by_round}\n\n"
+            f"Round {last}, accuracy (%) per source and method (pass_at_n: any of N samples right):\n\n{by_method}")
 
 
 def _round_table(rows: list[dict]) -> str:
@@ -167,6 +196,8 @@ def summarize(
         f"Held-out accuracy (%) per round and method (round 0 is the base model; N after @):\n\n{table}",
         f"Search, data and time per round:\n\n{_round_table(rows)}",
     ]
+    if per_source := source_tables(rows):
+        parts.insert(2, per_source)
     for name, report in lineage.items():
         verdict = "all hashes verified" if report.ok else "PROBLEMS: " + "; ".join(report.problems)
         parts.append(f"Lineage of the final {name} ({verdict}):\n\n```\n{report.render()}\n```")
