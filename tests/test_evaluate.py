@@ -125,3 +125,22 @@ def test_report_plots_several_rounds():
                          value=value, ci_low=low, ci_high=high, count=100))
     html = render_report(rows, title="Self-evolution")
     assert html.count("<img") == 2 and "held_out" in html and "0.700" in html
+
+
+def test_ui_metrics_are_per_whole_benchmark(tmp_path):
+    from kfp.dsl import Metrics
+
+    from rstar_math.evaluation.metrics import MetricRow
+    from rstar_math.orchestration.glue import log_metrics
+    from rstar_math.stages.evaluate import EvalResult
+
+    rows = [MetricRow("r", 1, "held_out", "greedy", "accuracy", 0.5),
+            MetricRow("r", 1, "held_out/numbers__gcd", "greedy", "accuracy", 1.0),
+            MetricRow("r", 1, "held_out", "majority_vote", "accuracy", 0.75, n=4)]
+    one = Metrics(name="metrics", uri=str(tmp_path / "one"), metadata={})
+    log_metrics(one, EvalResult(tuple(rows)))
+    assert one.metadata == {"greedy": 0.5, "majority_vote@4": 0.75}  # a module's row does not overwrite
+    two = Metrics(name="metrics", uri=str(tmp_path / "two"), metadata={})
+    log_metrics(two, EvalResult((*rows, MetricRow("r", 1, "gsm8k", "greedy", "accuracy", 0.25))))
+    assert two.metadata == {"held_out:greedy": 0.5, "held_out:majority_vote@4": 0.75, "gsm8k:greedy": 0.25}
+    assert json.loads((tmp_path / "two").read_text()) == two.metadata
