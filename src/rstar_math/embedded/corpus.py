@@ -491,16 +491,11 @@ def _write_clauses(clauses: tuple[Clause, ...], rng: random.Random, rate: float)
                 step = CodeStep(f"evaluate {f}({arg})", f"print({pasted})")
             else:
                 step = _clause_step(clause, False)
-            if pending:
-                step = CodeStep(f"define {', '.join(defined)}, then {step.comment}",
-                                "\n".join(pending) + "\n" + step.code)
-                pending, defined = [], []
-            steps.append(step)
-            continue
-        misconceived = clause.kind != "assign" and rng.random() < rate
-        if misconceived:
-            mistakes["guess" if clause.kind == "divides" else "sign"] += 1
-        step = _clause_step(clause, misconceived)
+        else:
+            misconceived = clause.kind != "assign" and rng.random() < rate
+            if misconceived:
+                mistakes["guess" if clause.kind == "divides" else "sign"] += 1
+            step = _clause_step(clause, misconceived)
         if pending:
             step = CodeStep(f"define {', '.join(defined)}, then {step.comment}", "\n".join(pending) + "\n" + step.code)
             pending, defined = [], []
