@@ -17,6 +17,16 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def per_source(benchmark: str, source: str) -> str:
+    """The benchmark name of one source's share of `benchmark`, e.g. 'held_out/mathematics_dataset/numbers__gcd'."""
+    return f"{benchmark}/{source}"
+
+
+def is_whole(benchmark: str) -> bool:
+    """A benchmark as configured, not one source's share of it (see per_source)."""
+    return "/" not in benchmark
+
+
 @dataclass(frozen=True)
 class MetricRow:
     """One row of the METRICS schema."""

@@ -19,6 +19,8 @@ from collections import defaultdict
 
 import pyarrow as pa
 
+from rstar_math.evaluation.metrics import is_whole
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
@@ -129,8 +131,8 @@ def render_report(metrics: pa.Table | list[dict], *, title: str, notes: str = ""
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if notes:
         parts.append(f"<p>{html.escape(notes)}</p>")
-    # Plots for whole benchmarks; per-source rows ("held_out/numbers__gcd") only in the table.
-    benchmarks = sorted({r["benchmark"] for r in rows if r["metric"] == "accuracy" and "/" not in r["benchmark"]})
+    # Plots for whole benchmarks; per-source rows only in the table.
+    benchmarks = sorted({r["benchmark"] for r in rows if r["metric"] == "accuracy" and is_whole(r["benchmark"])})
     newest = max((r["round"] for r in rows), default=0)
     for benchmark in benchmarks:
         plots = [p for p in (_accuracy_per_round(rows, benchmark), _accuracy_vs_n(rows, benchmark, newest)) if p]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rstar_math.artifacts import ArtifactRef, pin
 from rstar_math.config import RunConfig, config_hash, from_dict
+from rstar_math.evaluation.metrics import is_whole
 from rstar_math.lineage import RunContext
 from rstar_math.store import join
 
@@ -95,7 +96,7 @@ def log_metrics(metrics, result) -> None:
 
     values = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
     if hasattr(result, "rows"):  # an evaluation: one metric per method and N (and benchmark, if several)
-        whole = [r for r in result.rows if r.metric == "accuracy" and "/" not in r.benchmark]
+        whole = [r for r in result.rows if r.metric == "accuracy" and is_whole(r.benchmark)]
         several = len({r.benchmark for r in whole}) > 1
         values = {f"{r.benchmark + ':' if several else ''}{r.method}{'@' + str(r.n) if r.n else ''}": r.value
                   for r in whole}

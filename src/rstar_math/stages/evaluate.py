@@ -15,7 +15,7 @@ Methods that need a PPM are skipped when none is given (the base model in round 
 
 Writes one artefact: metrics.parquet (METRICS schema: accuracy with its 95% Wilson
 interval, tokens per problem; where a benchmark mixes sources, e.g. generator modules,
-also the accuracy per source as benchmark "<benchmark>/<source>"), answers.jsonl (every
+also the accuracy per source, as benchmark metrics.per_source(benchmark, source)), answers.jsonl (every
 problem's chosen answer per method, for audits) and report.html (plots and tables).
 """
 
@@ -32,7 +32,7 @@ from rstar_math.artifacts import ArtifactRef, write_artifact
 from rstar_math.config import RunConfig
 from rstar_math.data.schemas import METRICS, write_table
 from rstar_math.evaluation.answers import best_scored, majority_vote, weighted_vote
-from rstar_math.evaluation.metrics import MetricRow, accuracy_row
+from rstar_math.evaluation.metrics import MetricRow, accuracy_row, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.grading import answers_match
 from rstar_math.lineage import RunContext
@@ -85,7 +85,7 @@ class _Recorder:
         self.rows.append(accuracy_row(self.run_id, self.round, self.benchmark, method, n, correct))
         if len(by_source) > 1:
             for source, oks in sorted(by_source.items()):
-                self.rows.append(accuracy_row(self.run_id, self.round, f"{self.benchmark}/{source}", method, n, oks))
+                self.rows.append(accuracy_row(self.run_id, self.round, per_source(self.benchmark, source), method, n, oks))
         self.rows.append(MetricRow(self.run_id, self.round, self.benchmark, method, "tokens_per_problem",
                                    tokens / max(1, len(self.problems)), n, count=len(self.problems)))
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import RunConfig
 from rstar_math.data.schemas import METRICS, read_table, write_table
-from rstar_math.evaluation.metrics import MetricRow
+from rstar_math.evaluation.metrics import MetricRow, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext, audit
 from rstar_math.stages.evaluate import METRICS_FILE
@@ -139,7 +139,7 @@ def accuracy_table(rows: list[dict], benchmark: str = "held_out") -> str:
 def source_tables(rows: list[dict], benchmark: str = "held_out") -> str:
     """Where `benchmark` mixes sources (the generator's modules): greedy accuracy per source and
     round, and the last round's accuracy per source and method. "" for a single source."""
-    prefix = benchmark + "/"
+    prefix = per_source(benchmark, "")
     mine = [r for r in rows if r["benchmark"].startswith(prefix) and r["metric"] == "accuracy"]
     if not mine:
         return ""
