@@ -16,7 +16,6 @@ off they go to `<root>/logs/<run id>.log`, and the console gets one line per tas
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import sys
@@ -29,8 +28,6 @@ from typing import IO, Iterator
 from rstar_math.config import from_dict
 from rstar_math.orchestration.glue import RUN_ID_ENV, resolve_run_config, summary_uri
 from rstar_math.store import store_for
-
-log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -114,20 +111,20 @@ def _output_to(path: Path) -> Iterator[IO[str]]:
     # Both levels: file descriptors for the task subprocesses, Python streams for this process
     # (kfp.local logs to whatever sys.stdout is when the run starts; under a test runner that
     # is not file descriptor 1).
-    log = open(path, "a", buffering=1)
+    stream = open(path, "a", buffering=1)
     try:
         os.dup2(target, 1)
         os.dup2(target, 2)
-        sys.stdout = sys.stderr = log
+        sys.stdout = sys.stderr = stream
         yield console
     finally:
-        log.flush()
+        stream.flush()
         sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, target):
             os.close(fd)
-        log.close()
+        stream.close()
         console.close()
 
 

@@ -12,13 +12,14 @@ What one call does, in order:
   - resumes, if `checkpoint_uri` holds checkpoints, from the newest complete one:
     model, optimiser, schedule, RNG states and step (the data position follows from
     the step), so an interrupted run ends where an uninterrupted one would;
-  - runs the steps: the global batch of step s is examples s*B .. (s+1)*B-1 of a
-    stream of per-epoch seeded shuffles (grouped by length unless
-    config.group_by_length is off: padding was half of an SFT batch's tokens), split over devices and micro-batches
-    (batch_size = micro_batch_size x accumulation x world_size); the loss is the
-    task's summed loss divided by the global batch's weight, so micro-batching never
-    changes its value; precision per config.precision (auto: bf16 autocast on GPU,
-    fp32 on CPU; bf16: autocast on any device, the faster choice for small models on CPU);
+  - runs the steps: the global batch of step s is examples s*B .. (s+1)*B-1 of a stream
+    of per-epoch seeded shuffles (grouped by length unless config.group_by_length is
+    off: padding was half of an SFT batch's tokens), split over devices and
+    micro-batches (batch_size = micro_batch_size x accumulation x world_size); the loss
+    is the task's summed loss divided by the global batch's weight, so micro-batching
+    never changes its value; precision per config.precision (auto: bf16 autocast on GPU,
+    fp32 on CPU; bf16: autocast on any device, the faster choice for small models on
+    CPU);
   - evaluates held-out examples whenever an epoch ends, and at the last step;
   - every `checkpoint_every` steps publishes checkpoint_uri/step-000120/ through the
     store, trainer_state.json last (a directory without it is ignored), and keeps the
