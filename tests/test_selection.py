@@ -48,6 +48,30 @@ def test_sft_takes_the_top_two_correct_trajectories_by_average_q():
     )
 
 
+def test_answers_worded_differently_after_the_same_steps_are_one_solution():
+    """B's two correct answers (average Q 1) outrank C's (1/3): without the rule both SFT examples
+    would be B's code with two wordings of its answer, and C's wrong answer would be rejected twice."""
+    tree = SearchTree("p3", "What is 6 * 7?", "42")
+    b = _code(tree, ROOT, "print(6 * 7)", "42")
+    c = _code(tree, ROOT, "print(7 * 6)", "42")
+    for text in ("\\boxed{42}", "The answer is \\boxed{42}"):
+        index = tree.add_child(b, text=f"<answer>{text}<end_of_answer>", is_terminal=True, answer="42")
+        tree.nodes[index].reward = 1.0
+        tree.backup(index, 1.0)
+    _answer(tree, c, "42", 1.0)
+    for text in ("\\boxed{41}", "So it is \\boxed{41}"):  # one wrong solution, worded twice
+        index = tree.add_child(c, text=f"<answer>{text}<end_of_answer>", is_terminal=True, answer="41")
+        tree.nodes[index].reward = -1.0
+        tree.backup(index, -1.0)
+    selection = select_from_tree(tree)
+    assert [e.completion.split("\n")[1] for e in selection.sft] == ["print(6 * 7)", "print(7 * 6)"]
+    final = [p for p in selection.pairs if p.kind == "final"]
+    assert [(p.chosen.split("\n")[1], p.rejected.split("\n")[1]) for p in final] == [
+        ("print(6 * 7)", "print(7 * 6)"),
+        ("print(7 * 6)", "print(7 * 6)"),
+    ]
+
+
 def test_step_pairs_are_best_correct_siblings_against_worst_wrong_ones():
     pairs = [p for p in select_from_tree(known_tree()).pairs if p.kind == "step"]
     root_pairs = [(p.chosen.split("\n")[1], p.rejected.split("\n")[1]) for p in pairs if p.depth == 1]

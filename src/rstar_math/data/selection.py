@@ -1,7 +1,10 @@
 """Training data from verified search trees (METHOD.md, "Data selection after search").
 
 Policy SFT data: for each solved problem, the top-2 trajectories that reach the
-correct answer, ranked by the average Q of their steps.
+correct answer, ranked by the average Q of their steps. Two trajectories that share
+every step and differ only in how the final answer sentence is worded are one
+solution: the second is skipped (otherwise the top-2 are nearly always one code path
+written twice, since sibling answer steps share their parent's Q).
 
 PPM pairs, per shared prefix (an inner node and its children, the sibling steps):
   positives  the 2 children with the highest Q among those that lead to a correct answer
@@ -10,7 +13,7 @@ PPM pairs, per shared prefix (an inner node and its children, the sibling steps)
              (terminals below them, none correct);
   pairs      every positive against every negative.
 For the final step, where identical prefixes rarely meet, full trajectories are
-compared instead: the 2 correct ones with the highest average Q against the 2
+compared instead: the 2 correct solutions with the highest average Q against the 2
 wrong ones with the lowest. Q ranks; it is never a regression target.
 
 Every choice breaks ties by node id, so the same trees always give the same data.
@@ -19,6 +22,7 @@ Every choice breaks ties by node id, so the same trees always give the same data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from rstar_math.search.tree import SearchTree
 from rstar_math.steps import render_prompt, render_step
@@ -91,11 +95,24 @@ def _completion(tree: SearchTree, index: int) -> str:
     return "".join(render_step(text, output) for text, output in tree.steps(index))
 
 
+def solution_key(steps: Sequence[str], answered: bool = True) -> tuple[str, ...]:
+    """What tells two trajectories apart as solutions: their step texts, less the final answer
+    sentence when there is one (its wording is not a different way to solve the problem)."""
+    return tuple(steps[:-1] if answered else steps)
+
+
 def _trajectories(tree: SearchTree, correct: bool) -> list[tuple[float, int]]:
-    """(average Q, terminal id) of complete trajectories: correct ones best first, wrong ones worst first."""
+    """(average Q, terminal id) of distinct complete trajectories (solution_key): correct ones best
+    first, wrong ones worst first; of two that are one solution, the one ranked first is kept."""
     found = [(_average_q(tree, t), t) for t in tree.terminals() if _is_correct(tree, t) == correct]
     sign = -1 if correct else 1
-    return sorted(found, key=lambda item: (sign * item[0], item[1]))
+    kept, seen = [], set()
+    for q, terminal in sorted(found, key=lambda item: (sign * item[0], item[1])):
+        key = solution_key([tree.nodes[i].text for i in tree.path(terminal)[1:]], tree.nodes[terminal].answer is not None)
+        if key not in seen:
+            seen.add(key)
+            kept.append((q, terminal))
+    return kept
 
 
 def select_from_tree(tree: SearchTree, *, sft_per_problem: int = 2, positives: int = 2, negatives: int = 2) -> Selection:

@@ -2,7 +2,8 @@
 
   rejection  outcome-only data: the round's search policy samples N whole solutions per
              problem (N = the round's rollout budget), and those with a correct final
-             answer are kept, up to `sft_per_problem` per problem, whatever their steps;
+             answer are kept, up to `sft_per_problem` distinct solutions per problem
+             (data.selection.solution_key), whatever their steps;
   continued  more of the seed corpus the base model was pre-trained on.
 
 Both are cut to exactly as many examples as the round's MCTS-selected SFT data (a
@@ -19,6 +20,7 @@ import pyarrow as pa
 from rstar_math.artifacts import ArtifactRef, write_artifact
 from rstar_math.config import RunConfig
 from rstar_math.data.schemas import SFT_DATA, write_table
+from rstar_math.data.selection import solution_key
 from rstar_math.grading import answers_match
 from rstar_math.lineage import RunContext
 from rstar_math.search.mcts import Problem
@@ -72,11 +74,12 @@ def rejection_sampled_data(
     kept = []
     for problem in todo:
         correct = [t for t in samples[problem.problem_id] if t.answer is not None and answers_match(t.answer, problem.answer)]
-        seen: set[str] = set()
-        for trajectory in correct:
-            if trajectory.completion in seen:
+        seen: set[tuple[str, ...]] = set()
+        for trajectory in correct:  # distinct solutions, by the same rule as the search's selection
+            key = solution_key([text for text, _ in trajectory.steps])
+            if key in seen:
                 continue
-            seen.add(trajectory.completion)
+            seen.add(key)
             kept.append({"problem_id": problem.problem_id, "prompt": trajectory.text[: -len(trajectory.completion)],
                          "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
             if len(seen) >= config.select.sft_per_problem:
