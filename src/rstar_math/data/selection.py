@@ -95,10 +95,12 @@ def _completion(tree: SearchTree, index: int) -> str:
     return "".join(render_step(text, output) for text, output in tree.steps(index))
 
 
-def solution_key(steps: Sequence[str], answered: bool = True) -> tuple[str, ...]:
-    """What tells two trajectories apart as solutions: their step texts, less the final answer
-    sentence when there is one (its wording is not a different way to solve the problem)."""
-    return tuple(steps[:-1] if answered else steps)
+def solution_key(steps: Sequence[tuple[str, str | None]], answered: bool = True) -> tuple[str, ...]:
+    """What tells two trajectories apart as solutions: the texts of their (step text, output)
+    steps, less the final answer sentence when there is one (its wording is not a different way
+    to solve the problem)."""
+    texts = tuple(text for text, _ in steps)
+    return texts[:-1] if answered else texts
 
 
 def _trajectories(tree: SearchTree, correct: bool) -> list[tuple[float, int]]:
@@ -108,7 +110,7 @@ def _trajectories(tree: SearchTree, correct: bool) -> list[tuple[float, int]]:
     sign = -1 if correct else 1
     kept, seen = [], set()
     for q, terminal in sorted(found, key=lambda item: (sign * item[0], item[1])):
-        key = solution_key([tree.nodes[i].text for i in tree.path(terminal)[1:]], tree.nodes[terminal].answer is not None)
+        key = solution_key(tree.steps(terminal), tree.nodes[terminal].answer is not None)
         if key not in seen:
             seen.add(key)
             kept.append((q, terminal))

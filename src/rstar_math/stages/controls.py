@@ -27,6 +27,7 @@ from rstar_math.search.mcts import Problem
 from rstar_math.search.sampling import SamplingSettings, sample_trajectories
 from rstar_math.stages.io import read_artifact_table, read_problem_set
 from rstar_math.stages.rollout import select_shard
+from rstar_math.steps import render_prompt
 
 DATA_FILE = "sft_data.parquet"
 
@@ -76,11 +77,11 @@ def rejection_sampled_data(
         correct = [t for t in samples[problem.problem_id] if t.answer is not None and answers_match(t.answer, problem.answer)]
         seen: set[tuple[str, ...]] = set()
         for trajectory in correct:  # distinct solutions, by the same rule as the search's selection
-            key = solution_key([text for text, _ in trajectory.steps])
+            key = solution_key(trajectory.steps)
             if key in seen:
                 continue
             seen.add(key)
-            kept.append({"problem_id": problem.problem_id, "prompt": trajectory.text[: -len(trajectory.completion)],
+            kept.append({"problem_id": problem.problem_id, "prompt": render_prompt(trajectory.question),
                          "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
             if len(seen) >= config.select.sft_per_problem:
                 break
