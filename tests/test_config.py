@@ -57,6 +57,13 @@ def test_wrong_type_is_an_error_naming_the_key(tmp_path):
         load_config("default", overrides=["rounds=true"])
 
 
+def test_an_unknown_control_is_an_error_naming_the_file_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("extends: default\nevaluate:\n  controls: [rejection, continude]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*evaluate\.controls.*continude.*known: rejection, continued"):
+        load_config(path)
+
+
 def test_missing_preset_and_file_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="no preset named 'nope'"):
         load_config("nope")

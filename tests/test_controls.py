@@ -65,3 +65,17 @@ def test_rejection_keeps_distinct_correct_solutions_cut_to_the_matched_size(prob
     assert len(set(solutions)) == kept and set(solutions) <= {"print(6 * 7)", "print(7 * 6)"}
     assert all(r["prompt"] == "<question>\nWhat is 6 * 7?\n<end_of_question>\n" for r in rows)
     assert {r["source"] for r in rows} == {"times"}
+
+
+def test_a_control_the_config_leaves_out_writes_no_rows_and_trains_nothing(problems_uri, tiny_model_dir, tmp_path):
+    """The pipeline starts a task per known control; one the run does not ask for only records that."""
+    from rstar_math.data.schemas import METRICS
+    from rstar_math.stages.controls import run_control
+
+    config = load_config("smoke", ["evaluate.controls=[rejection]"])
+    corpus, match = _sft(tmp_path / "corpus", 3), _sft(tmp_path / "match", 2)
+    args = (problems_uri, problems_uri, str(tiny_model_dir), str(tiny_model_dir), corpus, match)
+    rows = run_control("continued", *args, str(tmp_path / "continued"), config=config, round=1, context=CTX)
+    assert rows == [] and read_artifact_table(str(tmp_path / "continued"), METRICS).num_rows == 0
+    with pytest.raises(ValueError, match="unknown control 'replay'"):
+        run_control("replay", *args, str(tmp_path / "replay"), config=config, round=1, context=CTX)

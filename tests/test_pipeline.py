@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from rstar_math.config import CONTROLS
 from rstar_math.orchestration.compile import COMPONENTS_DIR, PIPELINE_FILE, stale_files
 from rstar_math.orchestration.components import COMPONENTS
 from rstar_math.orchestration.pipeline import MAX_ROUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_STAGES = ("rollout", "train-ppm", "train-policy", "controls", "evaluate", "prepare-base-model")
+GPU_STAGES = ("rollout", "train-ppm", "train-policy", "control", "evaluate", "prepare-base-model")
 CPU_STAGES = ("verify", "select", "round-report", "summarize", "resolve-config", "prepare-problems")
 
 
@@ -74,17 +76,36 @@ def test_later_rounds_search_with_the_previous_rounds_policy_and_ppm(compiled):
         assert artifacts["base_model"]["componentInputArtifact"].endswith("prepare-base-model-base_model")
 
 
+def _loops(spec) -> dict[str, tuple[dict, set[str]]]:
+    """Each ParallelFor: its iterator and the components it runs (numbered names folded)."""
+    iterators = {t["componentRef"]["name"]: t["parameterIterator"] for _, _, t in _tasks(spec) if "parameterIterator" in t}
+    return {name: (iterators[name], {re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in c["dag"]["tasks"].values()})
+            for name, c in spec["components"].items() if name.startswith("comp-for-loop")}
+
+
 def test_rollout_and_verify_fan_out_over_shards(compiled):
     spec, _ = compiled
-    loops = [c for name, c in spec["components"].items() if name.startswith("comp-for-loop")]
+    loops = [(it, comps) for it, comps in _loops(spec).values() if "comp-rollout" in comps]
     assert len(loops) == MAX_ROUNDS
-    for loop in loops:
-        assert {t["componentRef"]["name"].rsplit("-", 1)[0] if t["componentRef"]["name"][-1].isdigit()
-                else t["componentRef"]["name"] for t in loop["dag"]["tasks"].values()} == {"comp-rollout", "comp-verify"}
+    for iterator, components in loops:
+        assert components == {"comp-rollout", "comp-verify"}
+        assert iterator["items"]["inputParameter"] == "pipelinechannel--shard_ids"
     selects = [t for _, _, t in _tasks(spec) if t["componentRef"]["name"].startswith("comp-select")]
     assert all("parameterExpressionSelector" not in str(t) for t in selects)
     assert all(t["inputs"]["artifacts"]["verified_shards"]["taskOutputArtifact"]["producerTask"].startswith("for-loop")
                for t in selects)
+
+
+def test_the_controls_run_side_by_side_and_the_round_report_collects_them(compiled):
+    spec, _ = compiled
+    loops = {name: it for name, (it, comps) in _loops(spec).items() if comps == {"comp-control"}}
+    assert len(loops) == MAX_ROUNDS
+    assert all(json.loads(it["items"]["raw"]) == list(CONTROLS) for it in loops.values())
+    reports = [t for _, n, t in _tasks(spec) if n.startswith("round-report") and "controls" in t["inputs"]["artifacts"]]
+    assert len(reports) == MAX_ROUNDS
+    for report in reports:
+        producer = report["inputs"]["artifacts"]["controls"]["taskOutputArtifact"]["producerTask"]
+        assert f"comp-{producer}" in loops
 
 
 def test_gpu_stages_request_accelerators_on_the_gpu_pool(compiled):
@@ -122,7 +143,7 @@ def test_tasks_cache_and_retry(compiled):
             continue
         assert task["cachingOptions"]["enableCache"] is True, name
         retries = task["retryPolicy"]["maxRetryCount"]
-        assert retries == (2 if name.startswith(("rollout", "train-", "controls", "prepare-base-model")) else 1), name
+        assert retries == (2 if name.startswith(("rollout", "train-", "control", "prepare-base-model")) else 1), name
 
 
 def test_the_ui_shows_readable_names_and_descriptions(compiled):
@@ -143,7 +164,7 @@ def test_pods_running_model_code_are_labelled_for_the_network_policy(compiled):
         assert k8s["securityContext"]["runAsNonRoot"] is True
         if labels.get("rstar-math.io/executes-model-code") == "true":
             labelled.add(_stage(name))
-    assert labelled == {"rollout", "verify", "evaluate", "controls"}
+    assert labelled == {"rollout", "verify", "evaluate", "control"}
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,16 @@ class EvalConfig:
     """Compute-matched controls trained and evaluated every round: `rejection` (outcome-only
     data from the same policy) and `continued` (more seed corpus; embedded default only)."""
 
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ConfigError(f"evaluate.controls: unknown control(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(CONTROLS)})")
+
+
+CONTROLS = ("rejection", "continued")
+"""Every control the pipeline knows (one task each per round, side by side)."""
+
 
 @dataclass(frozen=True)
 class StorageConfig:

@@ -11,7 +11,7 @@ Compiled specs: components/<name>/component.yaml (see orchestration/compile.py).
 
 
 import functools
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -152,9 +152,10 @@ def train_policy(config_yaml: str, round: int, base_model: Input[Model], sft_dat
 
 
 @component(base_image=TRAIN_IMAGE)
-def controls(
+def control(
     config_yaml: str,
     round: int,
+    kind: str,
     problems: Input[Dataset],
     held_out: Input[Dataset],
     base_model: Input[Model],
@@ -163,13 +164,13 @@ def controls(
     sft_data: Input[Dataset],
     results: Output[Dataset],
 ):
-    """The compute-matched controls: outcome-only and seed-corpus data of the SFT data's size, trained and evaluated."""
+    """A compute-matched control (rejection: outcome-only data; continued: seed corpus), of the SFT data's size, trained and evaluated."""
     from rstar_math.orchestration.glue import ref, setup
-    from rstar_math.stages.controls import run_controls
+    from rstar_math.stages.controls import run_control
 
     config, context = setup(config_yaml)
-    run_controls(ref(problems), ref(held_out), ref(base_model), ref(search_policy), ref(seed_corpus), ref(sft_data),
-                 ref(results), config=config, round=round, context=context)
+    run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(search_policy), ref(seed_corpus),
+                ref(sft_data), ref(results), config=config, round=round, context=context)
 
 
 @component(base_image=GPU_IMAGE)
@@ -203,7 +204,7 @@ def round_report(
     sft_data: Input[Dataset] = None,
     policy: Input[Model] = None,
     ppm: Input[Model] = None,
-    controls: Input[Dataset] = None,
+    controls: Input[List[Dataset]] = None,
     previous_history: Input[Dataset] = None,
 ):
     """The run's metrics so far plus this round's: accuracy, solved share, PPM accuracy, data sizes, stage times."""
@@ -212,9 +213,9 @@ def round_report(
 
     config, context = setup(config_yaml)
     optional = {name: ref(a) if a is not None else None for name, a in
-                (("sft_data", sft_data), ("policy", policy), ("ppm", ppm), ("controls", controls),
-                 ("previous", previous_history))}
-    round_report(round, ref(evaluation), ref(history), context=context, **optional)
+                (("sft_data", sft_data), ("policy", policy), ("ppm", ppm), ("previous", previous_history))}
+    round_report(round, ref(evaluation), ref(history), context=context,
+                 controls=[ref(a) for a in controls or ()], **optional)
 
 
 @component(base_image=CPU_IMAGE)
@@ -282,7 +283,7 @@ COMPONENTS = {
     "select": select,
     "train_ppm": train_ppm,
     "train_policy": train_policy,
-    "controls": controls,
+    "control": control,
     "evaluate": evaluate,
     "round_report": round_report,
     "summarize": summarize,

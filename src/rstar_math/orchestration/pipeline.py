@@ -9,7 +9,7 @@ Shape (what the Kubeflow UI shows):
       ParallelFor shard: rollout (GPU) -> verify (CPU)
       select (merges the shards' verified trees; CPU)
       train-ppm (GPU) from the round's search policy; train-policy (GPU) from the base model
-      controls (GPU; compute-matched baselines, when configured)
+      ParallelFor control: rejection, continued (GPU; compute-matched baselines, when configured)
       evaluate (GPU) -> round-report (CPU, the run's metrics so far)
   summarize (after the last round): per-round accuracy by method, data sizes, stage
   times, and the lineage of the final policy and PPM.
@@ -17,7 +17,7 @@ Round r searches with round r-1's policy and PPM (PPM-guided from search.ppm_fro
 Rounds are nested conditions on the `rounds` parameter, so one compiled pipeline runs
 1 to MAX_ROUNDS rounds.
 
-Placement (kfp-kubernetes): rollout, training, controls and evaluate request
+Placement (kfp-kubernetes): rollout, training, the controls and evaluate request
 accelerators and get the GPU pool's node selector and tolerations; the rest run on
 the CPU pool. Every task gets S3 credentials from a Kubernetes secret and the
 endpoint from a ConfigMap (never from parameters), and its run id from the pod's
@@ -32,6 +32,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
+from rstar_math.config import CONTROLS
 from rstar_math.orchestration import components as c
 
 MAX_ROUNDS = 4
@@ -45,7 +46,7 @@ RETRIES = {"rollout": 2, "train": 2, "default": 1}
 PART_OF = ("app.kubernetes.io/part-of", "rstar-math")
 STAGE_LABEL = "rstar-math.io/stage"
 MODEL_CODE_LABEL = ("rstar-math.io/executes-model-code", "true")
-MODEL_CODE_STAGES = frozenset({"rollout", "verify", "evaluate", "evaluate-base-model", "controls"})
+MODEL_CODE_STAGES = frozenset({"rollout", "verify", "evaluate", "evaluate-base-model", "control"})
 NON_ROOT_UID = 1000
 
 
@@ -125,15 +126,20 @@ def _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, s
                                  sft_data=chosen.outputs["sft_data"])
     on_gpu(policy_task, "train-policy", p, image=p.train_image, gpus=p.train_gpus,
            retries=RETRIES["train"])
-    control = c.controls(config_yaml=config_yaml, round=round, problems=train, held_out=held_out, base_model=base_model,
-                         search_policy=policy, seed_corpus=seed_corpus, sft_data=chosen.outputs["sft_data"])
-    on_gpu(control, "controls", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
+    # One task per known control, side by side (a kind the config leaves out writes no rows):
+    # a constant list, because kfp.local cannot collect from a loop over an empty one.
+    with dsl.ParallelFor(list(CONTROLS), name="controls") as kind:
+        control = c.control(config_yaml=config_yaml, round=round, kind=kind, problems=train, held_out=held_out,
+                            base_model=base_model, search_policy=policy, seed_corpus=seed_corpus,
+                            sft_data=chosen.outputs["sft_data"])
+        on_gpu(control, "control", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
     evaluation = c.evaluate(config_yaml=config_yaml, round=round, policy=policy_task.outputs["policy"],
                             held_out=held_out, ppm=ppm_task.outputs["ppm"])
     on_gpu(evaluation, "evaluate", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
     report = c.round_report(config_yaml=config_yaml, round=round, evaluation=evaluation.outputs["evaluation"],
                             sft_data=chosen.outputs["sft_data"], policy=policy_task.outputs["policy"],
-                            ppm=ppm_task.outputs["ppm"], controls=control.outputs["results"], previous_history=history)
+                            ppm=ppm_task.outputs["ppm"], controls=dsl.Collected(control.outputs["results"]),
+                            previous_history=history)
     on_cpu(report, "round-report", p, cpu="1", memory="2G")
     return RoundOutputs(policy_task.outputs["policy"], ppm_task.outputs["ppm"], chosen.outputs["verified"],
                         report.outputs["history"])

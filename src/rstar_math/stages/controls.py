@@ -18,7 +18,7 @@ import random
 import pyarrow as pa
 
 from rstar_math.artifacts import ArtifactRef, write_artifact
-from rstar_math.config import RunConfig
+from rstar_math.config import CONTROLS, RunConfig
 from rstar_math.data.schemas import SFT_DATA, write_table
 from rstar_math.data.selection import solution_key
 from rstar_math.grading import answers_match
@@ -111,7 +111,8 @@ def corpus_sample(
     return len(rows)
 
 
-def run_controls(
+def run_control(
+    kind: str,
     problems: str | ArtifactRef,
     held_out: str | ArtifactRef,
     base_model: str | ArtifactRef,
@@ -124,9 +125,11 @@ def run_controls(
     round: int,
     context: RunContext,
 ) -> list:
-    """Build, train (from the base model, like the round's policy) and evaluate (greedy) each control.
+    """Build, train (from the base model, like the round's policy) and evaluate (greedy) one control.
 
-    Metric rows are named `control_<kind>`; the control data and policies are scratch.
+    The pipeline runs one task per kind in config.CONTROLS, side by side; a kind the config does
+    not ask for (or `continued` without a seed corpus) writes no rows. Metric rows are named
+    `control_<kind>`; the control's data and policy are scratch.
     """
     import dataclasses
     import tempfile
@@ -137,28 +140,29 @@ def run_controls(
     from rstar_math.stages.evaluate import evaluate, metrics_table
     from rstar_math.stages.train import train_policy
 
+    if kind not in CONTROLS:
+        raise ValueError(f"unknown control {kind!r} (known: {', '.join(CONTROLS)})")
     rows: list[MetricRow] = []
-    greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
-    with tempfile.TemporaryDirectory(prefix="rstar-controls-") as tmp:
-        for kind in config.evaluate.controls:
-            data, policy, evaluation = (str(Path(tmp) / f"{kind}-{name}") for name in ("data", "policy", "eval"))
+    wanted = kind in config.evaluate.controls
+    if kind == "continued" and wanted and read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0:
+        wanted = False  # an external base model comes without its pre-training corpus
+    if wanted:
+        greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
+        with tempfile.TemporaryDirectory(prefix=f"rstar-control-{kind}-") as tmp:
+            data, policy, evaluation = (str(Path(tmp) / name) for name in ("data", "policy", "eval"))
             if kind == "rejection":
                 size = rejection_sampled_data(problems, search_policy, sft_data, data, config=config, round=round,
                                               context=context)
-            elif kind == "continued":
-                if read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0:
-                    continue  # an external base model comes without its pre-training corpus
-                size = corpus_sample(seed_corpus, sft_data, data, seed=config.seed, round=round, context=context)
             else:
-                raise ValueError(f"unknown control {kind!r} in evaluate.controls (known: rejection, continued)")
+                size = corpus_sample(seed_corpus, sft_data, data, seed=config.seed, round=round, context=context)
             train_policy(base_model, data, policy, config=config, context=context, round=round)
             result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
                               context=context)
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
             rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
-    with write_artifact(out, kind="metrics", stage="controls", context=context, round=round,
+    with write_artifact(out, kind="metrics", stage=f"control_{kind}", context=context, round=round,
                         inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
-                        params={"controls": list(config.evaluate.controls)}) as out_dir:
+                        params={"control": kind, "trained": wanted}) as out_dir:
         write_table(metrics_table(rows), out_dir / "metrics.parquet", METRICS)
     return rows

@@ -1,7 +1,7 @@
 """Round reports and the run summary: everything a run measured, in one metrics table.
 
     round_report(2, evaluation_uri, history_out, context=ctx, sft_data=..., policy=..., ppm=...,
-                 controls=..., previous=round1_history)
+                 controls=[...], previous=round1_history)
     text = summarize(history_uri, final_policy_uri, final_ppm_uri, summary_path=..., report_path=..., config=cfg)
 
 A round's history is the previous round's history plus this round's rows: held-out
@@ -15,6 +15,7 @@ plots) and audits the lineage of the final policy and PPM.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,19 +91,21 @@ def round_report(
     sft_data: ArtifactRef | None = None,
     policy: ArtifactRef | None = None,
     ppm: ArtifactRef | None = None,
-    controls: ArtifactRef | None = None,
+    controls: Sequence[ArtifactRef] = (),
     previous: ArtifactRef | None = None,
 ) -> pa.Table:
     """The history so far with this round's rows appended (round 0: the base model's evaluation only)."""
     evaluation = ArtifactRef.of(evaluation)
     rows = _read_metrics(previous, HISTORY_FILE) + _read_metrics(evaluation, METRICS_FILE)
-    rows += _read_metrics(controls, METRICS_FILE)
+    for control in controls:
+        rows += _read_metrics(control, METRICS_FILE)
     stage = _stage_rows(context.run_id, round, _read_json(sft_data, SELECT_REPORT), _read_json(policy, TRAINING_RESULT),
                         _read_json(ppm, TRAINING_RESULT))
     rows += [asdict(r) for r in stage]
     table = pa.Table.from_pylist(rows, schema=METRICS.schema)
     inputs = {name: ref for name, ref in (("evaluation", evaluation), ("sft_data", sft_data), ("policy", policy),
-                                          ("ppm", ppm), ("controls", controls), ("previous", previous)) if ref}
+                                          ("ppm", ppm), ("previous", previous)) if ref}
+    inputs.update({f"control-{i}": control for i, control in enumerate(controls)})
     with write_artifact(out, kind="metrics", stage="round_report", context=context, round=round,
                         inputs=inputs) as out_dir:
         write_table(table, out_dir / HISTORY_FILE, METRICS)
