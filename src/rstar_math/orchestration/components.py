@@ -132,7 +132,7 @@ def train_ppm(config_yaml: str, round: int, init_model: Input[Model], ppm_pairs:
     from rstar_math.orchestration.glue import checkpoint_uri, log_metrics, ref, setup
     from rstar_math.stages.train import train_ppm
 
-    config, context = setup(config_yaml)
+    config, context = setup(config_yaml, training=True)
     result = train_ppm(ref(init_model), ref(ppm_pairs), ref(ppm), config=config, context=context, round=round,
                        checkpoint_uri=checkpoint_uri(config, "train-ppm", round, ref(init_model), ref(ppm_pairs)))
     log_metrics(metrics, result)
@@ -145,7 +145,7 @@ def train_policy(config_yaml: str, round: int, base_model: Input[Model], sft_dat
     from rstar_math.orchestration.glue import checkpoint_uri, log_metrics, ref, setup
     from rstar_math.stages.train import train_policy
 
-    config, context = setup(config_yaml)
+    config, context = setup(config_yaml, training=True)
     result = train_policy(ref(base_model), ref(sft_data), ref(policy), config=config, context=context, round=round,
                           checkpoint_uri=checkpoint_uri(config, "train-policy", round, ref(base_model), ref(sft_data)))
     log_metrics(metrics, result)

@@ -26,15 +26,21 @@ from rstar_math.lineage import RunContext
 from rstar_math.store import join
 
 RUN_ID_ENV = "RSTAR_RUN_ID"
+THREADS_ENV = "RSTAR_TORCH_THREADS"
+TRAIN_THREADS_ENV = "RSTAR_TRAIN_THREADS"
 
 
-def setup(config_yaml: str) -> tuple[RunConfig, RunContext]:
-    """Parse the resolved config a component received, and describe this execution for lineage."""
+def setup(config_yaml: str, *, training: bool = False) -> tuple[RunConfig, RunContext]:
+    """Parse the resolved config a component received, and describe this execution for lineage.
+
+    Torch's thread count comes from RSTAR_TRAIN_THREADS in a task that only trains (nothing
+    else runs beside it there) and from RSTAR_TORCH_THREADS otherwise; torch's default when unset.
+    """
     import yaml
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = from_dict(yaml.safe_load(config_yaml), source="config_yaml")
-    threads = os.environ.get("RSTAR_TORCH_THREADS")
+    threads = os.environ.get(TRAIN_THREADS_ENV if training else THREADS_ENV)
     if threads:
         import torch
 
