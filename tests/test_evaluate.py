@@ -15,7 +15,7 @@ from rstar_math.evaluation.metrics import wilson_interval
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext
 from rstar_math.sandbox import ExecutorPool, SandboxLimits
-from rstar_math.stages.evaluate import evaluate
+from rstar_math.stages.evaluate import evaluate, evaluate_shard, merge_evaluation
 from rstar_math.stages.io import read_artifact_table
 
 from scripted import ScriptedEngine, answer, code, last_output
@@ -95,6 +95,23 @@ def test_every_method_matches_the_hand_computed_accuracy(problems_uri, tiny_mode
     answers = [json.loads(line) for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert {a["answer"] for a in answers if a["method"] == "greedy"} == {"13", "42"}
     assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_shards_merge_into_the_metrics_of_one_evaluation(problems_uri, tiny_model_dir, tmp_path, executor):
+    config = load_config("smoke", ["evaluate.n=[2, 4]", "search.candidates=4", "search.max_depth=4"])
+    kwargs = dict(config=config, round=1, context=CTX, ppm=str(tiny_model_dir), executor=executor,
+                  value_model=ScriptedPPM())
+    whole = evaluate(str(tiny_model_dir), {"toy": problems_uri}, str(tmp_path / "whole"),
+                     engine=ScriptedEngine(script), **kwargs)
+    shards = [str(tmp_path / f"shard-{i}") for i in range(3)]  # p0 lands in shard 2, p1 and p2 in shard 0
+    answered = [evaluate_shard(str(tiny_model_dir), {"toy": problems_uri}, out, shard=i, num_shards=3,
+                               engine=ScriptedEngine(script), **kwargs) for i, out in enumerate(shards)]
+    assert answered[1] == 0 and answered[0] == 2 * answered[2] > 0
+    merged = merge_evaluation(shards, str(tmp_path / "merged"), round=1, context=CTX)
+    assert sorted(merged.rows, key=repr) == sorted(whole.rows, key=repr)
+    assert read_artifact_table(str(tmp_path / "merged"), METRICS).num_rows == len(whole.rows)
+    answers = [json.loads(line) for line in (tmp_path / "merged" / "answers.jsonl").read_text().splitlines()]
+    assert {a["source"] for a in answers} == {"times", "plus_minus"} and len(answers) == sum(answered)
 
 
 def test_without_a_ppm_the_ppm_methods_are_skipped(problems_uri, tiny_model_dir, tmp_path, executor):
