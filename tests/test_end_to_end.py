@@ -44,9 +44,10 @@ def test_every_stage_of_every_round_runs(smoke):
     assert not run.failed
     stages = [_stage(task) for task in run.executed]
     assert {"prepare-problems", "prepare-base-model", "rollout", "verify", "select", "train-ppm", "train-policy",
-            "control", "evaluate", "summarize"} <= set(stages)
+            "control", "evaluate", "evaluate-shard", "merge-evaluation", "summarize"} <= set(stages)
     assert stages.count("rollout") == stages.count("verify") == 2 * 2  # two rounds, two shards each
-    assert stages.count("train-policy") == 2 and stages.count("evaluate") == 3  # rounds 0 (the base model), 1, 2
+    assert stages.count("train-policy") == 2 and stages.count("evaluate") == 1  # the base model, in one task
+    assert stages.count("evaluate-shard") == 2 * 2 and stages.count("merge-evaluation") == 2  # rounds 1 and 2
     assert stages.count("control") == 2 * 2  # two rounds, rejection and continued side by side
     assert "train-policy" in console and "summarize" in console  # one console line per task
 

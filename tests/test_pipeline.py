@@ -15,8 +15,9 @@ from rstar_math.orchestration.components import COMPONENTS
 from rstar_math.orchestration.pipeline import MAX_ROUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_STAGES = ("rollout", "train-ppm", "train-policy", "control", "evaluate", "prepare-base-model")
-CPU_STAGES = ("verify", "select", "round-report", "summarize", "resolve-config", "prepare-problems")
+GPU_STAGES = ("rollout", "train-ppm", "train-policy", "control", "evaluate", "evaluate-shard", "prepare-base-model")
+DAG_COMPONENTS = ("comp-condition", "comp-for-loop", "comp-self-evolution", "comp-round-zero")  # not tasks of a stage
+CPU_STAGES = ("verify", "select", "merge-evaluation", "round-report", "summarize", "resolve-config", "prepare-problems")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,23 @@ def test_the_controls_run_side_by_side_and_the_round_report_collects_them(compil
         assert f"comp-{producer}" in loops
 
 
+def test_evaluation_fans_out_over_shards_and_each_report_reads_the_merge(compiled):
+    spec, _ = compiled
+    loops = {name: it for name, (it, comps) in _loops(spec).items() if comps == {"comp-evaluate-shard"}}
+    assert len(loops) == MAX_ROUNDS
+    assert all(it["items"]["inputParameter"] == "pipelinechannel--shard_ids" for it in loops.values())
+    merges = {dag: (name, t) for dag, name, t in _tasks(spec) if t["componentRef"]["name"].startswith("comp-merge-evaluation")}
+    assert len(merges) == MAX_ROUNDS  # one in each round's DAG
+    for _, merge in merges.values():
+        producer = merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"]
+        assert f"comp-{producer}" in loops
+    reports = [(dag, t) for dag, n, t in _tasks(spec) if n.startswith("round-report")]
+    assert len(reports) == MAX_ROUNDS + 1
+    for dag, report in reports:  # round 0 (the base model) is one evaluate task in the root DAG
+        expected = merges[dag][0] if dag != "root" else "evaluate"
+        assert report["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == expected
+
+
 def test_gpu_stages_request_accelerators_on_the_gpu_pool(compiled):
     spec, platform = compiled
     executors = spec["deploymentSpec"]["executors"]
@@ -139,7 +157,7 @@ def test_s3_credentials_come_from_a_secret_not_parameters(compiled):
 def test_tasks_cache_and_retry(compiled):
     spec, _ = compiled
     for _, name, task in _tasks(spec):
-        if task["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop", "comp-self-evolution")):
+        if task["componentRef"]["name"].startswith(DAG_COMPONENTS):
             continue
         assert task["cachingOptions"]["enableCache"] is True, name
         retries = task["retryPolicy"]["maxRetryCount"]
@@ -164,7 +182,7 @@ def test_pods_running_model_code_are_labelled_for_the_network_policy(compiled):
         assert k8s["securityContext"]["runAsNonRoot"] is True
         if labels.get("rstar-math.io/executes-model-code") == "true":
             labelled.add(_stage(name))
-    assert labelled == {"rollout", "verify", "evaluate", "control"}
+    assert labelled == {"rollout", "verify", "evaluate", "evaluate-shard", "control"}
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +205,7 @@ def test_nightly_continues_from_the_registry_and_promotes_after_the_last_round(n
     promotes = [t for _, _, t in tasks if t["componentRef"]["name"].startswith("comp-promote")]
     assert len(promotes) == MAX_ROUNDS  # one per `rounds == r` branch; exactly one runs
     uncached = {name for _, name, t in tasks if not t.get("cachingOptions", {}).get("enableCache", False)
-                and not t["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop", "comp-self-evolution"))}
+                and not t["componentRef"]["name"].startswith(DAG_COMPONENTS)}
     assert {"nightly-intake", "registry-start", "promote"} <= {re.sub(r"-\d+$", "", n) for n in uncached}
 
 

@@ -195,6 +195,45 @@ def evaluate(
     publish_report(ref(evaluation), report)
 
 
+@component(base_image=GPU_IMAGE)
+def evaluate_shard(
+    config_yaml: str,
+    round: int,
+    shard: int,
+    policy: Input[Model],
+    held_out: Input[Dataset],
+    answers: Output[Dataset],
+    ppm: Input[Model] = None,
+) -> int:
+    """One shard of the held-out problems, answered by every method (merge-evaluation turns the shards into metrics)."""
+    from rstar_math.orchestration.glue import num_shards, ref, setup
+    from rstar_math.stages.evaluate import evaluate_shard
+
+    config, context = setup(config_yaml)
+    return evaluate_shard(ref(policy), {"held_out": ref(held_out)}, ref(answers), config=config, round=round,
+                          context=context, shard=shard, num_shards=num_shards(config),
+                          ppm=ref(ppm) if ppm is not None else None)
+
+
+@component(base_image=CPU_IMAGE)
+def merge_evaluation(
+    config_yaml: str,
+    round: int,
+    shards: Input[List[Dataset]],
+    evaluation: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+):
+    """Held-out accuracy per method (with 95% intervals, per source) from the evaluation shards' answers."""
+    from rstar_math.orchestration.glue import log_metrics, publish_report, ref, setup
+    from rstar_math.stages.evaluate import merge_evaluation
+
+    config, context = setup(config_yaml)
+    result = merge_evaluation([ref(s) for s in shards], ref(evaluation), round=round, context=context)
+    log_metrics(metrics, result)
+    publish_report(ref(evaluation), report)
+
+
 @component(base_image=CPU_IMAGE)
 def round_report(
     config_yaml: str,
@@ -285,6 +324,8 @@ COMPONENTS = {
     "train_policy": train_policy,
     "control": control,
     "evaluate": evaluate,
+    "evaluate_shard": evaluate_shard,
+    "merge_evaluation": merge_evaluation,
     "round_report": round_report,
     "summarize": summarize,
     "nightly_intake": nightly_intake,

@@ -10,7 +10,8 @@ Shape (what the Kubeflow UI shows):
       select (merges the shards' verified trees; CPU)
       train-ppm (GPU) from the round's search policy; train-policy (GPU) from the base model
       ParallelFor control: rejection, continued (GPU; compute-matched baselines, when configured)
-      evaluate (GPU) -> round-report (CPU, the run's metrics so far)
+      ParallelFor shard: evaluate (GPU), then merge-evaluation (CPU) -> round-report (CPU, the run's
+      metrics so far)
   summarize (after the last round): per-round accuracy by method, data sizes, stage
   times, and the lineage of the final policy and PPM.
 Round r searches with round r-1's policy and PPM (PPM-guided from search.ppm_from_round).
@@ -133,9 +134,13 @@ def _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, s
                             base_model=base_model, search_policy=policy, seed_corpus=seed_corpus,
                             sft_data=chosen.outputs["sft_data"])
         on_gpu(control, "control", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
-    evaluation = c.evaluate(config_yaml=config_yaml, round=round, policy=policy_task.outputs["policy"],
-                            held_out=held_out, ppm=ppm_task.outputs["ppm"])
-    on_gpu(evaluation, "evaluate", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
+    # Evaluation fans out over the same shards as the search and is merged into one metrics artefact.
+    with dsl.ParallelFor(shard_ids, name="evaluation-shards") as shard:
+        part = c.evaluate_shard(config_yaml=config_yaml, round=round, shard=shard, policy=policy_task.outputs["policy"],
+                                held_out=held_out, ppm=ppm_task.outputs["ppm"])
+        on_gpu(part, "evaluate", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
+    evaluation = c.merge_evaluation(config_yaml=config_yaml, round=round, shards=dsl.Collected(part.outputs["answers"]))
+    on_cpu(evaluation, "merge-evaluation", p, cpu="1", memory="2G")
     report = c.round_report(config_yaml=config_yaml, round=round, evaluation=evaluation.outputs["evaluation"],
                             sft_data=chosen.outputs["sft_data"], policy=policy_task.outputs["policy"],
                             ppm=ppm_task.outputs["ppm"], controls=dsl.Collected(control.outputs["results"]),
@@ -227,15 +232,17 @@ def _own_executor(component, name: str):
     return clone
 
 
-# Round 0's uses, outside the round sub-pipelines ("-0": the stage is still evaluate / round-report).
-_evaluate_base_model = _own_executor(c.evaluate, "evaluate-0")
+# Round 0's use, outside the round sub-pipelines ("-0": the stage is still round-report).
 _round_zero_report = _own_executor(c.round_report, "round-report-0")
 
 
 def _round_zero(p: Placement, config_yaml, policy, held_out, ppm=None) -> dsl.PipelineTask:
-    """Held-out accuracy of the models the run starts from: round 0 of the history."""
-    baseline = _evaluate_base_model(config_yaml=config_yaml, round=0, policy=policy, held_out=held_out,
-                                    **({"ppm": ppm} if ppm is not None else {}))
+    """Held-out accuracy of the models the run starts from: round 0 of the history.
+
+    One task over every problem: kfp.local cannot run GPU tasks in a loop of the root DAG (it
+    finds their accelerator settings only through an enclosing condition, as in the rounds)."""
+    baseline = c.evaluate(config_yaml=config_yaml, round=0, policy=policy, held_out=held_out,
+                          **({"ppm": ppm} if ppm is not None else {}))
     on_gpu(baseline, "evaluate-base-model", p, image=p.gpu_image, gpus=p.rollout_gpus, retries=RETRIES["default"])
     history = _round_zero_report(config_yaml=config_yaml, round=0, evaluation=baseline.outputs["evaluation"])
     return on_cpu(history, "round-report", p, cpu="1", memory="2G")
