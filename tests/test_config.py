@@ -64,6 +64,15 @@ def test_an_unknown_control_is_an_error_naming_the_file_and_field(tmp_path):
         load_config(path)
 
 
+def test_a_composed_cap_of_one_is_an_error_naming_the_file_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("extends: default\ndata:\n  generator:\n    max_composed_modules: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*data\.generator\.max_composed_modules.*got 1"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"embedded\.max_composed_modules.*got -2"):
+        load_config("default", overrides=["embedded.max_composed_modules=-2"])
+
+
 def test_missing_preset_and_file_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="no preset named 'nope'"):
         load_config("nope")

@@ -151,6 +151,33 @@ def test_held_out_difficulty_can_differ():
     assert set(held_out.column("level").to_pylist()) == {5}
 
 
+def _sentences(question: str) -> int:
+    return question.count(". ") + 1
+
+
+def test_composed_questions_can_be_capped_to_one_intermediate_value():
+    # linear_1d_composed: each sub-question is one or two sentences, so two of them (one
+    # intermediate value, then the equation) never take more than three.
+    upstream = generate_problems(["algebra__linear_1d_composed"], 60, difficulty=0.2, seed=3)
+    capped = generate_problems(["algebra__linear_1d_composed"], 60, difficulty=0.2, seed=3, max_composed_modules=2)
+    assert max(map(_sentences, upstream.column("question").to_pylist())) >= 4
+    assert max(map(_sentences, capped.column("question").to_pylist())) <= 3
+    held_out = split_train_eval(["algebra__linear_1d_composed"], 5, 20, difficulty=0.2, seed=3, max_composed_modules=2)[1]
+    assert max(map(_sentences, held_out.column("question").to_pylist())) <= 3
+
+
+def test_the_composed_cap_leaves_other_modules_alone():
+    modules = ["arithmetic__mixed", "numbers__gcd"]
+    assert generate_problems(modules, 8, difficulty=0.2, seed=5, max_composed_modules=2).equals(
+        generate_problems(modules, 8, difficulty=0.2, seed=5))
+
+
+@pytest.mark.parametrize("cap", [-1, 1])
+def test_invalid_composed_cap(cap):
+    with pytest.raises(ValueError, match="max_composed_modules"):
+        generate_problems(["numbers__gcd_composed"], 1, difficulty=0.2, seed=0, max_composed_modules=cap)
+
+
 def test_unknown_module_lists_valid_names():
     with pytest.raises(ValueError, match="algebra__linear_1d.*numbers__gcd"):
         generate_problems(["algebra__linear_3d"], 1, difficulty=0.2, seed=0)
@@ -167,7 +194,8 @@ Problem = namedtuple("Problem", "question answer")
 
 
 def test_a_module_that_keeps_repeating_fails_naming_it(monkeypatch):
-    monkeypatch.setattr(generate, "_train_modules", lambda band: {"numbers__gcd": lambda: Problem("Same?", 1)})
+    repeating = {"numbers__gcd": lambda: Problem("Same?", 1)}
+    monkeypatch.setattr(generate, "_train_modules", lambda band, max_composed_modules=0: repeating)
     with pytest.raises(GenerationError, match="numbers__gcd: only 1 distinct problems of 2"):
         generate_problems(["numbers__gcd"], 2, difficulty=0.2, seed=0)
 
@@ -178,7 +206,7 @@ def test_draws_failing_an_upstream_assertion_are_dropped(monkeypatch):
         assert value % 3, "upstream's internal check"
         return Problem(f"What is {value} + 0?", value)
 
-    monkeypatch.setattr(generate, "_train_modules", lambda band: {"numbers__gcd": sometimes_fails})
+    monkeypatch.setattr(generate, "_train_modules", lambda band, max_composed_modules=0: {"numbers__gcd": sometimes_fails})
     table = generate_problems(["numbers__gcd"], 30, difficulty=0.2, seed=0)
     assert table.num_rows == 30
     assert all(int(answer) % 3 for answer in table.column("answer").to_pylist())
@@ -188,7 +216,7 @@ def test_a_module_that_always_fails_an_assertion_says_where(monkeypatch):
     def always_fails() -> Problem:
         assert False
 
-    monkeypatch.setattr(generate, "_train_modules", lambda band: {"numbers__gcd": always_fails})
+    monkeypatch.setattr(generate, "_train_modules", lambda band, max_composed_modules=0: {"numbers__gcd": always_fails})
     # 10 * count + 1000 draws, all failed.
     with pytest.raises(GenerationError, match=r"1010 draws failed an upstream assertion, last at test_generate.py:\d+"):
         generate_problems(["numbers__gcd"], 1, difficulty=0.2, seed=0)

@@ -55,7 +55,12 @@ class GeneratorConfig:
     eval_per_module: int = 0
     difficulty: float = 0.0
     """Fraction of the generator's entropy range, 0 (easiest) to 1."""
+    max_composed_modules: int = 0
+    """Most sub-questions a composed module's question chains (0 = upstream's 2 to 4)."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_composed_cap("data.generator.max_composed_modules", self.max_composed_modules)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class EmbeddedConfig:
     corpus_per_module: int = 2000
     corpus_difficulty: tuple[float, ...] = (0.0, 0.4)
     """Band of the generator's difficulty range the corpus is drawn from (low, high)."""
+    max_composed_modules: int = 2
+    """Most sub-questions a composed question of the corpus chains: with one intermediate
+    value, composed problems are within reach of a model this small (data.generator has
+    the same knob for the searched and held-out problems)."""
     corpus_seed: int = 7
     vocab_size: int = 400
     """Few merges on purpose: numbers and names then tokenize alike in questions and code,
@@ -102,6 +111,9 @@ class EmbeddedConfig:
     workers: int = 2
     """Pre-training processes, one thread each, gradients summed over them."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_composed_cap("embedded.max_composed_modules", self.max_composed_modules)
 
     @property
     def rates(self) -> dict[str, float]:
@@ -254,6 +266,11 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_lists(self.to_dict()), sort_keys=False)
+
+
+def _check_composed_cap(where: str, value: int) -> None:
+    if value < 0 or value == 1:
+        raise ConfigError(f"{where}: expected 0 (upstream's 2 to 4) or at least 2, got {value}")
 
 
 def _per_round(values: tuple[int, ...], round: int) -> int:

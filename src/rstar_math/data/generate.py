@@ -22,6 +22,10 @@ an identical question, which is then kept only once). The generators draw from
 Python's `random`, numpy's global generator and sympy's generator (`randprime`),
 so all three are seeded per module and restored afterwards; not thread-safe.
 
+Composed modules (`*_composed`) chain 2 to 4 sub-questions upstream, each an
+intermediate value the next one uses; `max_composed_modules=n` draws at most n
+(n = 2: one intermediate value, then the question itself), 0 keeps upstream's range.
+
 Like upstream's generate.py, problems with a question over 160 or an answer over
 30 characters are dropped; so are repeats and the rare draw that fails one of
 upstream's internal assertions. Each module draws until it has its count, at
@@ -92,8 +96,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Call
 
 
 @functools.lru_cache(maxsize=16)
-def _train_modules(band: tuple[float, float]) -> dict[str, Callable[[], Any]]:
-    """Upstream's train generators with each module's entropy range narrowed to `band`."""
+def _train_modules(band: tuple[float, float], max_composed_modules: int = 0) -> dict[str, Callable[[], Any]]:
+    """Upstream's train generators with each module's entropy range narrowed to `band`
+    (and composed modules capped at `max_composed_modules` sub-questions, 0 = no cap)."""
     _mathds_compat.install()
     from mathematics_dataset.modules import modules
 
@@ -103,7 +108,29 @@ def _train_modules(band: tuple[float, float]) -> dict[str, Callable[[], Any]]:
         length = range_[1] - range_[0]
         return (range_[0] + low * length, range_[0] + high * length)
 
-    return dict(sorted(_flatten(modules.train(entropy_fn))))
+    generators = dict(sorted(_flatten(modules.train(entropy_fn))))
+    if max_composed_modules:
+        generators = {name: _capped(fn, max_composed_modules) for name, fn in generators.items()}
+    return generators
+
+
+def _capped(generator: Callable[[], Any], max_modules: int) -> Callable[[], Any]:
+    """`generator` with its module-count range capped at `max_modules`.
+
+    Upstream builds every module as functools.partial(fn, ..., PreSampleArgs(min, max, ...));
+    composed ones have max > 1. A generator of another shape is returned as it is."""
+    from mathematics_dataset.util.composition import PreSampleArgs
+
+    if not isinstance(generator, functools.partial):
+        return generator
+
+    def cap(arg: Any) -> Any:
+        if isinstance(arg, PreSampleArgs) and arg.max_modules > max_modules:
+            return arg._replace(max_modules=max(arg.min_modules, max_modules))
+        return arg
+
+    return functools.partial(generator.func, *map(cap, generator.args),
+                             **{key: cap(value) for key, value in generator.keywords.items()})
 
 
 def available_modules() -> list[str]:
@@ -181,6 +208,7 @@ def _generate(
     source_prefix: str,
     exclude: Collection[str],
     stream: str,
+    max_composed_modules: int = 0,
 ) -> pa.Table:
     if isinstance(modules, str):  # list("numbers__gcd") would be a list of letters
         raise TypeError(f"modules must be a sequence of module names, not the string {modules!r}")
@@ -189,7 +217,9 @@ def _generate(
     level = difficulty_level(band)
     if count < 0:
         raise ValueError(f"count_per_module must be >= 0, not {count}")
-    generators = _train_modules(band)
+    if max_composed_modules < 0 or max_composed_modules == 1:
+        raise ValueError(f"max_composed_modules must be 0 (upstream's 2 to 4) or at least 2, not {max_composed_modules}")
+    generators = _train_modules(band, max_composed_modules)
     unknown = [name for name in modules if name not in generators]
     if unknown:
         raise ValueError(f"unknown mathematics_dataset module(s) {unknown}; valid names: {', '.join(generators)}")
@@ -220,6 +250,7 @@ def generate_problems(
     seed: int,
     source_prefix: str = "mathematics_dataset",
     exclude: Collection[str] = (),
+    max_composed_modules: int = 0,
 ) -> pa.Table:
     """`count_per_module` distinct problems from each module, as a PROBLEMS table, in module order.
 
@@ -228,7 +259,8 @@ def generate_problems(
     unknown module (listing the valid ones) and GenerationError when a module cannot
     reach the count in 10 * count + 1000 draws.
     """
-    return _generate(modules, count_per_module, difficulty, seed, source_prefix, frozenset(exclude), "train")
+    return _generate(modules, count_per_module, difficulty, seed, source_prefix, frozenset(exclude), "train",
+                     max_composed_modules)
 
 
 def split_train_eval(
@@ -240,6 +272,7 @@ def split_train_eval(
     seed: int,
     eval_difficulty: Difficulty | None = None,
     source_prefix: str = "mathematics_dataset",
+    max_composed_modules: int = 0,
 ) -> tuple[pa.Table, pa.Table]:
     """(train, held_out) tables with no question in common.
 
@@ -255,6 +288,7 @@ def split_train_eval(
         source_prefix,
         frozenset(),
         "eval",
+        max_composed_modules,
     )
     train = generate_problems(
         modules,
@@ -263,5 +297,6 @@ def split_train_eval(
         seed=seed,
         source_prefix=source_prefix,
         exclude=held_out.column("problem_id").to_pylist(),
+        max_composed_modules=max_composed_modules,
     )
     return train, held_out

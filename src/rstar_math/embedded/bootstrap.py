@@ -244,7 +244,8 @@ def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig)
 def seed_problems(config: EmbeddedConfig, *, exclude: Collection[str] = ()):
     """The corpus's problems (a PROBLEMS table): `corpus_per_module` per module, none with an id in `exclude`."""
     return generate_problems(
-        config.modules, config.corpus_per_module, difficulty=config.corpus_difficulty, seed=config.corpus_seed, exclude=exclude
+        config.modules, config.corpus_per_module, difficulty=config.corpus_difficulty, seed=config.corpus_seed, exclude=exclude,
+        max_composed_modules=config.max_composed_modules,
     )
 
 

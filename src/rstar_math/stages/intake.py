@@ -95,6 +95,7 @@ def generate(
         generator.eval_per_module,
         difficulty=generator.difficulty,
         seed=generator.seed,
+        max_composed_modules=generator.max_composed_modules,
     )
     params = asdict(generator)
     for table, out, split in ((train, train_out, "train"), (held_out, eval_out, "held_out")):
