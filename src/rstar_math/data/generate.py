@@ -208,7 +208,7 @@ def _generate(
     source_prefix: str,
     exclude: Collection[str],
     stream: str,
-    max_composed_modules: int = 0,
+    max_composed_modules: int,
 ) -> pa.Table:
     if isinstance(modules, str):  # list("numbers__gcd") would be a list of letters
         raise TypeError(f"modules must be a sequence of module names, not the string {modules!r}")
