@@ -17,12 +17,13 @@ at inference), the loss is on the solution's step tokens only (not the question,
 the output blocks, which the executor writes: the same mask SFT uses), AdamW with
 linear warm-up and cosine decay over `max_steps`. `time_budget_s` only guards against
 a slow machine: the run stops early with a warning, so the step count, not the clock,
-defines the result. Reproducible for a seed on one machine and thread count.
+defines the result. Reproducible for a seed on one machine and thread count, not across
+processor models: the last bits differ, and so does the model that comes out (README).
 
 Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast trains this
 model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA; two forked
-workers (gloo all-reduce) together reach ~12k tokens/s, so the default (4000 steps of
-1536 padded tokens) takes ~9 minutes.
+workers (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of
+1536 padded tokens) takes ~10 minutes.
 """
 
 from __future__ import annotations
