@@ -75,7 +75,10 @@ def test_a_control_the_config_leaves_out_writes_no_rows_and_trains_nothing(probl
     config = load_config("smoke", ["evaluate.controls=[rejection]"])
     corpus, match = _sft(tmp_path / "corpus", 3), _sft(tmp_path / "match", 2)
     args = (problems_uri, problems_uri, str(tiny_model_dir), str(tiny_model_dir), corpus, match)
-    rows = run_control("continued", *args, str(tmp_path / "continued"), config=config, round=1, context=CTX)
+    rows = run_control("continued", *args, str(tmp_path / "continued"), str(tmp_path / "continued-data"),
+                       config=config, round=1, context=CTX)
     assert rows == [] and read_artifact_table(str(tmp_path / "continued"), METRICS).num_rows == 0
+    assert read_artifact_table(str(tmp_path / "continued-data"), SFT_DATA).num_rows == 0
     with pytest.raises(ValueError, match="unknown control 'replay'"):
-        run_control("replay", *args, str(tmp_path / "replay"), config=config, round=1, context=CTX)
+        run_control("replay", *args, str(tmp_path / "replay"), str(tmp_path / "replay-data"), config=config, round=1,
+                    context=CTX)

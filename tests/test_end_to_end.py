@@ -14,7 +14,7 @@ import re
 import pytest
 
 from rstar_math.config import load_config
-from rstar_math.data.schemas import METRICS, read_table
+from rstar_math.data.schemas import METRICS, SFT_DATA, read_table
 from rstar_math.lineage import audit
 from rstar_math.lineage.record import LINEAGE_FILE, LineageRecord
 from rstar_math.orchestration.local import run_locally
@@ -79,6 +79,24 @@ def test_the_final_policy_traces_back_to_the_bootstrap_and_the_problems(smoke):
     assert report.ok, report.problems
     stages = {node.record.stage for node in report.nodes.values() if node.record is not None}
     assert {"bootstrap", "select", "verify", "rollout", "train_policy"} <= stages
+
+
+def test_the_controls_training_data_is_kept_and_traces_back_to_the_rounds_data(smoke):
+    """An auditor can compare the round's policy data with its controls' example by example."""
+    root, _, _ = smoke
+    records = [(path.parent, LineageRecord.from_json(path.read_text(), str(path))) for path in root.rglob(LINEAGE_FILE)]
+    by_uri = {r.uri: (where, r) for where, r in records}
+    for kind in ("rejection", "continued"):
+        ((data, record),) = [(where, r) for where, r in records
+                             if r.stage == f"control_{kind}" and r.kind == "sft_data" and r.round == 2]
+        (matched,) = [i.uri for i in record.inputs if i.role == "matched_to"]
+        selected, selected_record = by_uri[matched]
+        assert (selected_record.stage, selected_record.round) == ("select", 2)
+        control_rows = read_table(data / "sft_data.parquet", SFT_DATA).num_rows
+        selected_rows = read_table(selected / "sft_data.parquet", SFT_DATA).num_rows
+        # Cut to the selected data's size; rejection sampling may find fewer on a minuscule model.
+        assert control_rows == selected_rows if kind == "continued" else control_rows <= selected_rows
+        assert audit(str(data)).ok
 
 
 def test_a_rerun_with_the_same_inputs_comes_from_the_cache(smoke):

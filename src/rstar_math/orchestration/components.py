@@ -163,6 +163,7 @@ def control(
     seed_corpus: Input[Dataset],
     sft_data: Input[Dataset],
     results: Output[Dataset],
+    control_data: Output[Dataset],
 ):
     """A compute-matched control (rejection: outcome-only data; continued: seed corpus), of the SFT data's size, trained and evaluated."""
     from rstar_math.orchestration.glue import ref, setup
@@ -170,7 +171,7 @@ def control(
 
     config, context = setup(config_yaml)
     run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(search_policy), ref(seed_corpus),
-                ref(sft_data), ref(results), config=config, round=round, context=context)
+                ref(sft_data), ref(results), ref(control_data), config=config, round=round, context=context)
 
 
 @component(base_image=GPU_IMAGE)

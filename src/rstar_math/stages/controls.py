@@ -8,7 +8,9 @@
 
 Both are cut to exactly as many examples as the round's MCTS-selected SFT data (a
 seeded sample), and both are trained from the base model with the same settings,
-so the only difference from the round's policy is where the data came from.
+so the only difference from the round's policy is where the data came from. The
+control's data is kept as an artefact, so the comparison can be audited example by
+example; its policy is scratch.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def run_control(
     seed_corpus: str | ArtifactRef,
     sft_data: str | ArtifactRef,
     out: str | ArtifactRef,
+    data_out: str | ArtifactRef,
     *,
     config: RunConfig,
     round: int,
@@ -128,8 +131,8 @@ def run_control(
     """Build, train (from the base model, like the round's policy) and evaluate (greedy) one control.
 
     The pipeline runs one task per kind in config.CONTROLS, side by side; a kind the config does
-    not ask for (or `continued` without a seed corpus) writes no rows. Metric rows are named
-    `control_<kind>`; the control's data and policy are scratch.
+    not ask for (or `continued` without a seed corpus) writes no rows and empty data. Metric rows
+    are named `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
     """
     import dataclasses
     import tempfile
@@ -148,18 +151,22 @@ def run_control(
         wanted = False  # an external base model comes without its pre-training corpus
     if wanted:
         greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
+        if kind == "rejection":
+            size = rejection_sampled_data(problems, search_policy, sft_data, data_out, config=config, round=round,
+                                          context=context)
+        else:
+            size = corpus_sample(seed_corpus, sft_data, data_out, seed=config.seed, round=round, context=context)
         with tempfile.TemporaryDirectory(prefix=f"rstar-control-{kind}-") as tmp:
-            data, policy, evaluation = (str(Path(tmp) / name) for name in ("data", "policy", "eval"))
-            if kind == "rejection":
-                size = rejection_sampled_data(problems, search_policy, sft_data, data, config=config, round=round,
-                                              context=context)
-            else:
-                size = corpus_sample(seed_corpus, sft_data, data, seed=config.seed, round=round, context=context)
-            train_policy(base_model, data, policy, config=config, context=context, round=round)
+            policy, evaluation = (str(Path(tmp) / name) for name in ("policy", "eval"))
+            train_policy(base_model, data_out, policy, config=config, context=context, round=round)
             result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
                               context=context)
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
             rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
+    else:
+        with write_artifact(data_out, kind="sft_data", stage=f"control_{kind}", context=context, round=round,
+                            inputs={"matched_to": sft_data}, params={"trained": False}) as out_dir:
+            write_table(SFT_DATA.schema.empty_table(), out_dir / DATA_FILE, SFT_DATA)
     with write_artifact(out, kind="metrics", stage=f"control_{kind}", context=context, round=round,
                         inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
