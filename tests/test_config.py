@@ -73,6 +73,12 @@ def test_a_composed_cap_of_one_is_an_error_naming_the_file_and_field(tmp_path):
         load_config("default", overrides=["embedded.max_composed_modules=-2"])
 
 
+def test_a_q_gap_outside_the_q_range_is_an_error_naming_the_field():
+    assert load_config("default", overrides=["select.sft_max_q_gap=0.5"]).select.sft_max_q_gap == 0.5
+    with pytest.raises(ConfigError, match=r"select\.sft_max_q_gap.*got 2\.5"):
+        load_config("default", overrides=["select.sft_max_q_gap=2.5"])
+
+
 def test_missing_preset_and_file_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="no preset named 'nope'"):
         load_config("nope")

@@ -48,6 +48,12 @@ def test_sft_takes_the_top_two_correct_trajectories_by_average_q():
     )
 
 
+def test_a_trajectory_further_than_the_gap_below_the_best_is_not_kept():
+    """C (average Q 1) and B's right answer (0.5: B's wrong answer pulls B's Q to 0)."""
+    assert [e.avg_q for e in select_from_tree(known_tree(), sft_max_q_gap=0.5).sft] == [1.0, 0.5]
+    assert [e.avg_q for e in select_from_tree(known_tree(), sft_max_q_gap=0.4).sft] == [1.0]
+
+
 def test_answers_worded_differently_after_the_same_steps_are_one_solution():
     """B's two correct answers (average Q 1) outrank C's (1/3): without the rule both SFT examples
     would be B's code with two wordings of its answer, and C's wrong answer would be rejected twice."""

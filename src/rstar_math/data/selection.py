@@ -1,7 +1,8 @@
 """Training data from verified search trees (METHOD.md, "Data selection after search").
 
 Policy SFT data: for each solved problem, the top-2 trajectories that reach the
-correct answer, ranked by the average Q of their steps. Two trajectories that share
+correct answer, ranked by the average Q of their steps (optionally only those within
+a gap of the problem's best, `sft_max_q_gap`). Two trajectories that share
 every step and differ only in how the final answer sentence is worded are one
 solution: the second is skipped (otherwise the top-2 are nearly always one code path
 written twice, since sibling answer steps share their parent's Q).
@@ -117,13 +118,16 @@ def _trajectories(tree: SearchTree, correct: bool) -> list[tuple[float, int]]:
     return kept
 
 
-def select_from_tree(tree: SearchTree, *, sft_per_problem: int = 2, positives: int = 2, negatives: int = 2) -> Selection:
+def select_from_tree(tree: SearchTree, *, sft_per_problem: int = 2, sft_max_q_gap: float | None = None,
+                     positives: int = 2, negatives: int = 2) -> Selection:
     out = Selection()
     prompt = render_prompt(tree.question)
     correct_paths = _trajectories(tree, correct=True)
     wrong_paths = _trajectories(tree, correct=False)
 
     for avg_q, terminal in correct_paths[:sft_per_problem]:
+        if sft_max_q_gap is not None and avg_q < correct_paths[0][0] - sft_max_q_gap:
+            break  # ranked best first: the rest are further below
         out.sft.append(SftExample(tree.problem_id, prompt, _completion(tree, terminal), avg_q))
 
     leads_correct, leads_anywhere = _outcomes(tree)

@@ -95,8 +95,8 @@ def select(
 
     sft_rows, pair_rows, counts = [], [], []
     for tree in trees:
-        chosen = select_from_tree(tree, sft_per_problem=config.sft_per_problem, positives=config.ppm_positives,
-                                  negatives=config.ppm_negatives)
+        chosen = select_from_tree(tree, sft_per_problem=config.sft_per_problem, sft_max_q_gap=config.sft_max_q_gap,
+                                  positives=config.ppm_positives, negatives=config.ppm_negatives)
         sft_rows += [{**asdict(e), "source": sources[e.problem_id]} for e in chosen.sft]
         pair_rows += [asdict(p) for p in chosen.pairs]
         counts += chosen.counts
