@@ -23,6 +23,7 @@ def test_paper_preset_has_the_method_settings():
     policy = cfg.train.policy
     assert (policy.learning_rate, policy.epochs, policy.batch_size) == (7e-6, 2.0, 128)
     assert (cfg.select.sft_per_problem, cfg.select.ppm_positives, cfg.select.ppm_negatives) == (2, 2, 2)
+    assert cfg.select.sft_max_q_gap is None  # plain top-2 by average Q
 
 
 def test_smoke_extends_default():
