@@ -187,15 +187,15 @@ class SelectConfig:
     sft_max_q_gap: float | None = None
     """Keep a trajectory only if its average Q is at most this far below its problem's best
     (None: plain top-k, as the method). Keeps a lucky second trajectory out of the data."""
+    ppm_positives: int = 2
+    ppm_negatives: int = 2
+    balance_sources: bool = False
+    """Cap each problem source at the size of the smallest, so rare sources are not forgotten."""
 
     def __post_init__(self) -> None:
         if self.sft_max_q_gap is not None and not 0 <= self.sft_max_q_gap <= 2:
             raise ConfigError(f"select.sft_max_q_gap: expected a number from 0 to 2 (Q lies in [-1, 1]), "
                               f"got {self.sft_max_q_gap}")
-    ppm_positives: int = 2
-    ppm_negatives: int = 2
-    balance_sources: bool = False
-    """Cap each problem source at the size of the smallest, so rare sources are not forgotten."""
 
 
 @dataclass(frozen=True)
