@@ -34,6 +34,15 @@ from rstar_math.steps import render_prompt
 DATA_FILE = "sft_data.parquet"
 
 
+def _write_data(out: str | ArtifactRef, rows: list[dict], *, control: str, round: int, context: RunContext,
+                inputs: dict, params: dict) -> int:
+    """One control's training data as an sft_data artefact; returns its number of examples."""
+    with write_artifact(out, kind="sft_data", stage=f"control_{control}", context=context, round=round,
+                        inputs=inputs, params=params) as out_dir:
+        write_table(pa.Table.from_pylist(rows, schema=SFT_DATA.schema), out_dir / DATA_FILE, SFT_DATA)
+    return len(rows)
+
+
 def _sized(rows: list[dict], size: int, seed: int) -> list[dict]:
     if len(rows) <= size:
         return rows
@@ -87,12 +96,9 @@ def rejection_sampled_data(
                          "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
             if len(seen) >= config.select.sft_per_problem:
                 break
-    kept = _sized(kept, target, config.seed + round)
-    with write_artifact(out, kind="sft_data", stage="control_rejection", context=context, round=round,
-                        inputs={"problems": problems, "policy": policy, "matched_to": match},
-                        params={"samples_per_problem": settings.n, "target": target}) as out_dir:
-        write_table(pa.Table.from_pylist(kept, schema=SFT_DATA.schema), out_dir / DATA_FILE, SFT_DATA)
-    return len(kept)
+    return _write_data(out, _sized(kept, target, config.seed + round), control="rejection", round=round,
+                       context=context, inputs={"problems": problems, "policy": policy, "matched_to": match},
+                       params={"samples_per_problem": settings.n, "target": target})
 
 
 def corpus_sample(
@@ -107,10 +113,8 @@ def corpus_sample(
     """A seeded sample of the seed corpus, as many examples as `match`."""
     target = read_artifact_table(match, SFT_DATA).num_rows
     rows = _sized(read_artifact_table(corpus, SFT_DATA).to_pylist(), target, seed + round)
-    with write_artifact(out, kind="sft_data", stage="control_continued", context=context, round=round,
-                        inputs={"corpus": corpus, "matched_to": match}, params={"target": target}) as out_dir:
-        write_table(pa.Table.from_pylist(rows, schema=SFT_DATA.schema), out_dir / DATA_FILE, SFT_DATA)
-    return len(rows)
+    return _write_data(out, rows, control="continued", round=round, context=context,
+                       inputs={"corpus": corpus, "matched_to": match}, params={"target": target})
 
 
 def run_control(
@@ -164,9 +168,8 @@ def run_control(
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
             rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
     else:
-        with write_artifact(data_out, kind="sft_data", stage=f"control_{kind}", context=context, round=round,
-                            inputs={"matched_to": sft_data}, params={"trained": False}) as out_dir:
-            write_table(SFT_DATA.schema.empty_table(), out_dir / DATA_FILE, SFT_DATA)
+        _write_data(data_out, [], control=kind, round=round, context=context, inputs={"matched_to": sft_data},
+                    params={"trained": False})
     with write_artifact(out, kind="metrics", stage=f"control_{kind}", context=context, round=round,
                         inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
