@@ -35,6 +35,7 @@ import queue
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from rstar_math.config import EmbeddedConfig
 from rstar_math.data.generate import generate_problems
 from rstar_math.embedded.corpus import CorpusResult, InProcessExecutor, write_corpus
 from rstar_math.models.ppm import pad_batch
-from rstar_math.steps import split_prompt
+from rstar_math.steps import split_prompt, trainable_spans
 from rstar_math.training.tasks import IGNORE_INDEX, EncodedExample, sft_encode
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class BootstrapResult:
     final_loss: float
     losses: tuple[float, ...] = field(default=())
     """Mean loss of each block of 50 steps."""
+    longest_step_tokens: int = 0
+    """Tokens of the corpus's longest step (code or answer): `search.max_step_tokens` must allow it."""
     corpus: CorpusResult | None = None
     """The seed corpus the model was trained on (documents, their modules and problem ids)."""
 
@@ -260,17 +263,41 @@ def check_reload(tokenizer, path: Path, documents: Sequence[str]) -> None:
             raise RuntimeError(f"{path}: the saved tokenizer does not reproduce the trained one's ids")
 
 
+def step_lengths(tokenizer, documents: Sequence[str]) -> list[list[int]]:
+    """Per document, the tokens of each step the policy writes (code and answer steps, up to their
+    stop strings; output blocks are the executor's): what one generation call must fit."""
+    steps = [[c[a:b] for a, b, trainable in trainable_spans(c) if trainable] for c in (split_prompt(d)[1] for d in documents)]
+    flat = [s.rstrip("\n") for doc in steps for s in doc]
+    ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
+    return [[len(next(ids)) for _ in doc] for doc in steps]
+
+
+def check_step_cap(lengths: Sequence[Sequence[int]], modules: Sequence[str], cap: int) -> None:
+    """Warn where the corpus has steps longer than the search's per-step token cap: generation cuts
+    them off, so the model could never finish such a step (nor solve those problems)."""
+    over = Counter(m for doc, m in zip(lengths, modules) for n in doc if n > cap)
+    if over:
+        longest = max(n for doc in lengths for n in doc)
+        total = sum(len(doc) for doc in lengths)
+        log.warning("bootstrap: %d of %d seed-corpus steps are longer than search.max_step_tokens (%d; the longest "
+                    "has %d tokens) and can never be finished in search or evaluation: %s",
+                    sum(over.values()), total, cap, longest, dict(over))
+
+
 def bootstrap(
     config: EmbeddedConfig,
     out_dir: str | Path,
     *,
     exclude: Collection[str] = (),
     executor=None,
+    max_step_tokens: int | None = None,
 ) -> BootstrapResult:
     """Build the seed corpus, tokenizer and base model; save a Hugging Face checkpoint in `out_dir`.
 
     `exclude`: problem_ids that must not be in the corpus (the run's train and held-out problems).
     `executor`: runs the corpus code (default: in-process, our own trusted code).
+    `max_step_tokens`: the search's per-step cap; corpus steps longer than it are warned about
+    before training.
     """
     from transformers import Qwen2ForCausalLM
 
@@ -286,6 +313,9 @@ def bootstrap(
     log.info("bootstrap: %d documents in %.1fs", len(corpus.documents), corpus_seconds)
 
     tokenizer = train_tokenizer(corpus.documents, vocab_size=config.vocab_size)
+    lengths = step_lengths(tokenizer, corpus.documents)
+    if max_step_tokens is not None:
+        check_step_cap(lengths, corpus.modules, max_step_tokens)
     # Eager attention trains ~1.5x faster than SDPA at these shapes on CPU; the saved config keeps the default.
     model = Qwen2ForCausalLM._from_config(model_config(config, tokenizer), attn_implementation="eager")
     parameters = sum(p.numel() for p in model.parameters())
@@ -307,5 +337,6 @@ def bootstrap(
         corpus_seconds=corpus_seconds,
         final_loss=losses[-1] if losses else float("nan"),
         losses=tuple(losses),
+        longest_step_tokens=max((n for doc in lengths for n in doc), default=0),
         corpus=corpus,
     )

@@ -65,7 +65,7 @@ def prepare_base_model(
     params = asdict(config.embedded)
     with write_artifact(model_out, kind="policy", stage="bootstrap", context=context, inputs=inputs,
                         params=params) as model_dir:
-        result = bootstrap(config.embedded, model_dir, exclude=exclude)
+        result = bootstrap(config.embedded, model_dir, exclude=exclude, max_step_tokens=config.search.max_step_tokens)
         summary = {k: v for k, v in asdict(result).items() if k not in ("path", "corpus")}
         (model_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
     with write_artifact(corpus_out, kind="sft_data", stage="bootstrap", context=context, inputs=inputs,
