@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rstar_math.data.generate import generate_problems
-from rstar_math.config import ConfigError, EmbeddedConfig
-from rstar_math.embedded.bootstrap import bootstrap, seed_problems
+from rstar_math.config import ConfigError, EmbeddedConfig, load_config
+from rstar_math.embedded.bootstrap import bootstrap, check_step_cap, seed_problems, step_lengths
 from rstar_math.embedded.corpus import (
     MODULES,
     InProcessExecutor,
@@ -23,6 +23,7 @@ from rstar_math.embedded.corpus import (
     write_corpus,
 )
 from rstar_math.grading import answers_match, extract_boxed
+from rstar_math.models.tokenizer import train_tokenizer
 from rstar_math.steps import STOP_STRINGS, StepKind, parse_step
 
 SAMPLE = 120  # questions per module
@@ -175,6 +176,40 @@ MINUSCULE = dataclasses.replace(
 )
 
 
+def test_step_lengths_count_each_step_the_policy_writes(problems):
+    rows = [problems["algebra__linear_1d_composed"][0], problems["numbers__gcd"][0]]
+    corpus = write_corpus(rows, misconception_rate={}, seed=0, executor=InProcessExecutor())
+    tokenizer = train_tokenizer(corpus.documents, vocab_size=300)
+    lengths = step_lengths(tokenizer, corpus.documents)
+    for document, counts in zip(corpus.documents, lengths):
+        body = document.split("<end_of_question>\n", 1)[1]
+        # every code step, then the answer: the pieces between output blocks
+        pieces = [p.split("<end_of_output>\n")[-1] for p in body.split("<output>")]
+        assert len(counts) == document.count("<end_of_step>") + 1 == len(pieces)
+        assert counts == [len(tokenizer(p.rstrip("\n"), add_special_tokens=False)["input_ids"]) for p in pieces]
+
+
+def test_steps_over_the_search_cap_are_warned_about(caplog):
+    lengths, modules = [[40, 130], [20, 12]], ["algebra__linear_1d_composed", "numbers__gcd"]
+    check_step_cap(lengths, modules, 144)
+    assert not caplog.records
+    check_step_cap(lengths, modules, 96)
+    (record,) = caplog.records
+    assert "search.max_step_tokens (96" in record.message and "'algebra__linear_1d_composed': 1" in record.message
+    assert "gcd" not in record.message
+
+
+def test_default_step_cap_fits_the_default_worlds_steps():
+    """A step the cap cuts off can never be finished: composed systems of two equations run to
+    about 130 tokens, so a cap of 96 had made a fifth of that module unsolvable."""
+    config = load_config("default")
+    world = dataclasses.replace(config.embedded, corpus_per_module=100)
+    corpus = write_corpus(seed_problems(world), misconception_rate=world.rates, seed=world.seed, executor=InProcessExecutor())
+    lengths = step_lengths(train_tokenizer(corpus.documents, vocab_size=world.vocab_size), corpus.documents)
+    longest = max(n for doc in lengths for n in doc)
+    assert 96 < longest <= config.search.max_step_tokens
+
+
 def test_misconception_rates_must_match_the_modules():
     section = EmbeddedConfig()
     assert section.rates == dict(zip(section.modules, section.misconception_rates))
@@ -194,7 +229,7 @@ def test_minuscule_bootstrap_saves_a_loadable_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result = bootstrap(MINUSCULE, tmp_path / "base")
-    assert result.steps == 3 and result.documents > 0 and result.tokens > 0
+    assert result.steps == 3 and result.documents > 0 and result.tokens > 0 and result.longest_step_tokens > 10
     assert (tmp_path / "base" / "world_config.json").exists()
     # bootstrap() itself checks that the reloaded tokenizer gives the trained one's ids.
     model = AutoModelForCausalLM.from_pretrained(result.path)
