@@ -266,10 +266,11 @@ def check_reload(tokenizer, path: Path, documents: Sequence[str]) -> None:
 def step_lengths(tokenizer, documents: Sequence[str]) -> list[list[int]]:
     """Per document, the tokens of each step the policy writes (code and answer steps, up to their
     stop strings; output blocks are the executor's): what one generation call must fit."""
-    steps = [[c[a:b] for a, b, trainable in trainable_spans(c) if trainable] for c in (split_prompt(d)[1] for d in documents)]
-    flat = [s.rstrip("\n") for doc in steps for s in doc]
-    ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
-    return [[len(next(ids)) for _ in doc] for doc in steps]
+    completions = [split_prompt(d)[1] for d in documents]
+    steps = [[c[a:b].rstrip("\n") for a, b, trainable in trainable_spans(c) if trainable] for c in completions]
+    flat = [step for doc in steps for step in doc]
+    counts = iter([len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else [])
+    return [[next(counts) for _ in doc] for doc in steps]
 
 
 def check_step_cap(lengths: Sequence[Sequence[int]], modules: Sequence[str], cap: int) -> None:
