@@ -66,6 +66,12 @@ def test_the_summary_reports_each_round_by_method_and_the_controls(smoke):
     # (A minuscule model solves little, so training may have had nothing to learn from: not asserted here.)
     assert {("search", "solved_share"), ("select", "sft_examples"), ("verify", "terminals"), ("search", "seconds")} <= measured
     assert "all hashes verified" in run.summary
+    # every round's methods and controls compared problem by problem (the controls keep their answers)
+    compared = {(r["round"], r["method"]) for r in rows if r["metric"] == "paired_difference"}
+    for rnd in (1, 2):
+        assert {(rnd, "mcts_ppm@2 vs majority_vote@2"), (rnd, "mcts_ppm@2 vs greedy"),
+                (rnd, "greedy vs control_rejection"), (rnd, "greedy vs control_continued")} <= compared
+    assert "greedy vs control_rejection" in run.summary.split("Paired differences", 1)[1]
     per_source = run.summary.split("Greedy accuracy (%) per source and round", 1)[1]
     for module in load_config("smoke").data.generator.modules:  # one held-out problem each
         assert f"| {module} |" in per_source

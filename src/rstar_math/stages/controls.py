@@ -136,20 +136,23 @@ def run_control(
 
     The pipeline runs one task per kind in config.CONTROLS, side by side; a kind the config does
     not ask for (or `continued` without a seed corpus) writes no rows and empty data. Metric rows
-    are named `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
+    and the per-problem answers (for paired comparisons with the round's policy) are named
+    `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
     """
     import dataclasses
+    import json
     import tempfile
     from pathlib import Path
 
     from rstar_math.data.schemas import METRICS
     from rstar_math.evaluation.metrics import MetricRow
-    from rstar_math.stages.evaluate import evaluate, metrics_table
+    from rstar_math.stages.evaluate import ANSWERS_FILE, evaluate, metrics_table
     from rstar_math.stages.train import train_policy
 
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r} (known: {', '.join(CONTROLS)})")
     rows: list[MetricRow] = []
+    answers: list[dict] = []
     wanted = kind in config.evaluate.controls
     if kind == "continued" and wanted and read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0:
         wanted = False  # an external base model comes without its pre-training corpus
@@ -166,6 +169,8 @@ def run_control(
             result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
                               context=context)
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
+            lines = (Path(evaluation) / ANSWERS_FILE).read_text().splitlines()
+            answers = [{**json.loads(line), "method": f"control_{kind}"} for line in lines if line]
             rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
     else:
         _write_data(data_out, [], control=kind, round=round, context=context, inputs={"matched_to": sft_data},
@@ -175,4 +180,5 @@ def run_control(
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
                         params={"control": kind, "trained": wanted}) as out_dir:
         write_table(metrics_table(rows), out_dir / "metrics.parquet", METRICS)
+        (out_dir / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
     return rows

@@ -7,9 +7,10 @@
 A round's history is the previous round's history plus this round's rows: held-out
 accuracy by method (evaluate), the controls' accuracy, and what the stages
 recorded about themselves: solved share, verify verdicts, data sizes, the PPM's
-held-out pairwise accuracy, tokens, and seconds per stage. The summary renders it
-(a Markdown table of held-out accuracy per round and method, an HTML report with
-plots) and audits the lineage of the final policy and PPM.
+held-out pairwise accuracy, tokens, and seconds per stage; and paired comparisons of the
+round's methods and controls on the same problems (evaluation/compare.py). The summary
+renders it (Markdown tables of held-out accuracy per round and method and of the paired
+differences, an HTML report with plots) and audits the lineage of the final policy and PPM.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import pyarrow as pa
 from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import RunConfig
 from rstar_math.data.schemas import METRICS, read_table, write_table
+from rstar_math.evaluation.compare import METRIC as COMPARISON, comparison_rows
 from rstar_math.evaluation.metrics import MetricRow, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext, audit
-from rstar_math.stages.evaluate import METRICS_FILE
+from rstar_math.stages.evaluate import ANSWERS_FILE, METRICS_FILE
 
 HISTORY_FILE = "history.parquet"
 TRAINING_RESULT = "training_result.json"
@@ -40,6 +42,13 @@ def _read_json(ref: ArtifactRef | None, name: str) -> dict:
     with open_artifact(ref) as (path, _):
         file = path / name
         return json.loads(file.read_text()) if file.exists() else {}
+
+
+def _read_answers(ref: ArtifactRef) -> list[dict]:
+    """Per-problem answers of an evaluation or a control ([] for artefacts written without them)."""
+    with open_artifact(ref) as (path, _):
+        file = path / ANSWERS_FILE
+        return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
 
 
 def _read_metrics(ref: ArtifactRef | None, name: str) -> list[dict]:
@@ -97,8 +106,11 @@ def round_report(
     """The history so far with this round's rows appended (round 0: the base model's evaluation only)."""
     evaluation = ArtifactRef.of(evaluation)
     rows = _read_metrics(previous, HISTORY_FILE) + _read_metrics(evaluation, METRICS_FILE)
+    answers = _read_answers(evaluation)
     for control in controls:
         rows += _read_metrics(control, METRICS_FILE)
+        answers += _read_answers(control)
+    rows += [asdict(r) for r in comparison_rows(context.run_id, round, answers)]
     stage = _stage_rows(context.run_id, round, _read_json(sft_data, SELECT_REPORT), _read_json(policy, TRAINING_RESULT),
                         _read_json(ppm, TRAINING_RESULT))
     rows += [asdict(r) for r in stage]
@@ -158,6 +170,20 @@ def source_tables(rows: list[dict], benchmark: str = "held_out") -> str:
             f"Round {last}, accuracy (%) per source and method (pass_at_n: any of N samples right):\n\n{by_method}")
 
 
+def comparison_table(rows: list[dict], benchmark: str = "held_out") -> str:
+    """Paired differences per round (rows) and comparison (columns): points, then the 95% interval."""
+    mine = [r for r in rows if r["benchmark"] == benchmark and r["metric"] == COMPARISON]
+    if not mine:
+        return ""
+    columns = list(dict.fromkeys(r["method"] for r in mine))
+    cells = {(r["round"], r["method"]): f"{100 * r['value']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+             for r in mine}
+    lines = ["| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for rnd in sorted({r["round"] for r in mine}):
+        lines.append(f"| {rnd} | " + " | ".join(cells.get((rnd, c), "-") for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def _round_table(rows: list[dict]) -> str:
     """Search, data and PPM measurements per round."""
     wanted = [("search", "solved_share"), ("select", "sft_examples"), ("select", "step_pairs"),
@@ -199,6 +225,9 @@ def summarize(
         f"Held-out accuracy (%) per round and method (round 0 is the base model; N after @):\n\n{table}",
         f"Search, data and time per round:\n\n{_round_table(rows)}",
     ]
+    if comparisons := comparison_table(rows):
+        parts.insert(2, "Paired differences on the held-out problems (points, first minus second, with the "
+                        f"95% interval from the problems on which the two disagree):\n\n{comparisons}")
     if per_source := source_tables(rows):
         parts.insert(2, per_source)
     for name, report in lineage.items():
