@@ -140,8 +140,12 @@ def test_report_plots_several_rounds():
         low, high = wilson_interval(int(value * 100), 100)
         rows.append(dict(run_id="r", round=rnd, benchmark="held_out", method="greedy", metric="accuracy", n=None,
                          value=value, ci_low=low, ci_high=high, count=100))
+    rows.append(dict(run_id="r", round=2, benchmark="held_out", method="mcts_ppm@4 vs greedy",
+                     metric="paired_difference", n=4, value=0.026, ci_low=0.0031, ci_high=0.0521, count=273))
     html = render_report(rows, title="Self-evolution")
     assert html.count("<img") == 2 and "held_out" in html and "0.700" in html
+    other = html.split("Other measurements", 1)[1]
+    assert "mcts_ppm@4 vs greedy" in other and "0.003" in other and "0.052" in other  # a difference with its interval
 
 
 def test_ui_metrics_are_per_whole_benchmark(tmp_path):

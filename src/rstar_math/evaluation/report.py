@@ -7,7 +7,8 @@ Plots (PNG, inlined so the file stands alone in the Kubeflow UI or a browser):
     baseline as a line and 95% intervals as error bars (the newest round);
   - accuracy per round for each method at its largest N, when several rounds are in
     the table: the self-evolution curve.
-Then a table of every accuracy with its interval, and a table of the other metrics.
+Then a table of every accuracy with its interval, and a table of the other metrics (with the
+interval where they have one: the paired differences).
 """
 
 from __future__ import annotations
@@ -146,6 +147,6 @@ def render_report(metrics: pa.Table | list[dict], *, title: str, notes: str = ""
                    key=lambda r: (r["round"], r["benchmark"], r["method"], r["metric"]))
     if other:
         parts.append("<h2>Other measurements</h2>")
-        parts.append(_table(other, ["round", "benchmark", "method", "metric", "n", "value", "count"]))
+        parts.append(_table(other, ["round", "benchmark", "method", "metric", "n", "value", "ci_low", "ci_high", "count"]))
     parts.append("</body></html>")
     return "\n".join(parts)
