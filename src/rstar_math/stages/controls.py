@@ -140,13 +140,12 @@ def run_control(
     `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
     """
     import dataclasses
-    import json
     import tempfile
     from pathlib import Path
 
     from rstar_math.data.schemas import METRICS
     from rstar_math.evaluation.metrics import MetricRow
-    from rstar_math.stages.evaluate import ANSWERS_FILE, evaluate, metrics_table
+    from rstar_math.stages.evaluate import evaluate, metrics_table, read_answers, write_answers
     from rstar_math.stages.train import train_policy
 
     if kind not in CONTROLS:
@@ -169,8 +168,7 @@ def run_control(
             result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
                               context=context)
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
-            lines = (Path(evaluation) / ANSWERS_FILE).read_text().splitlines()
-            answers = [{**json.loads(line), "method": f"control_{kind}"} for line in lines if line]
+            answers = [{**a, "method": f"control_{kind}"} for a in read_answers(Path(evaluation))]
             rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "sft_examples", float(size)))
     else:
         _write_data(data_out, [], control=kind, round=round, context=context, inputs={"matched_to": sft_data},
@@ -180,5 +178,5 @@ def run_control(
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
                         params={"control": kind, "trained": wanted}) as out_dir:
         write_table(metrics_table(rows), out_dir / "metrics.parquet", METRICS)
-        (out_dir / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
+        write_answers(out_dir, answers)
     return rows

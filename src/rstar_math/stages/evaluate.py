@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyarrow as pa
@@ -243,6 +244,16 @@ def _answer(
     return outcomes
 
 
+def write_answers(directory: Path, answers: Sequence[dict]) -> None:
+    """Per-problem answers, one JSON object a line (ANSWERS_FILE)."""
+    (directory / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
+
+
+def read_answers(directory: Path) -> list[dict]:
+    """The answers write_answers wrote to `directory`."""
+    return [json.loads(line) for line in (directory / ANSWERS_FILE).read_text().splitlines() if line]
+
+
 def _inputs(policy, benchmarks: Mapping[str, str | ArtifactRef], ppm) -> dict:
     inputs = {"policy": policy, **{f"benchmark-{name}": source for name, source in benchmarks.items()}}
     if ppm is not None:
@@ -255,7 +266,7 @@ def _write_evaluation(out: str | ArtifactRef, outcomes: Outcomes, *, round: int,
     rows = outcomes.rows(context.run_id, round)
     with write_artifact(out, kind="metrics", stage="evaluate", context=context, round=round, inputs=inputs) as out_dir:
         write_table(metrics_table(rows), out_dir / METRICS_FILE, METRICS)
-        (out_dir / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in outcomes.answers))
+        write_answers(out_dir, outcomes.answers)
         (out_dir / REPORT_FILE).write_text(render_report(metrics_table(rows), title=f"Evaluation, round {round}"))
     return EvalResult(tuple(rows))
 
@@ -301,7 +312,7 @@ def evaluate_shard(
     with write_artifact(out, kind="evaluation_shard", stage="evaluate", context=context, round=round,
                         inputs=_inputs(policy, benchmarks, ppm),
                         params={"shard": shard, "num_shards": num_shards}) as out_dir:
-        (out_dir / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in outcomes.answers))
+        write_answers(out_dir, outcomes.answers)
         (out_dir / TOKENS_FILE).write_text(json.dumps(outcomes.tokens, indent=1))
     return len(outcomes.answers)
 
@@ -312,7 +323,6 @@ def merge_evaluation(shards: Sequence[str | ArtifactRef], out: str | ArtifactRef
     outcomes = Outcomes()
     for shard in shards:
         with open_artifact(shard) as (path, _):
-            answers = [json.loads(line) for line in (path / ANSWERS_FILE).read_text().splitlines() if line]
-            outcomes += Outcomes(answers, json.loads((path / TOKENS_FILE).read_text()))
+            outcomes += Outcomes(read_answers(path), json.loads((path / TOKENS_FILE).read_text()))
     return _write_evaluation(out, outcomes, round=round, context=context,
                              inputs={f"shard-{i}": s for i, s in enumerate(shards)})

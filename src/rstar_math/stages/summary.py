@@ -29,7 +29,7 @@ from rstar_math.evaluation.compare import METRIC as COMPARISON, comparison_rows
 from rstar_math.evaluation.metrics import MetricRow, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext, audit
-from rstar_math.stages.evaluate import ANSWERS_FILE, METRICS_FILE
+from rstar_math.stages.evaluate import ANSWERS_FILE, METRICS_FILE, read_answers
 
 HISTORY_FILE = "history.parquet"
 TRAINING_RESULT = "training_result.json"
@@ -47,8 +47,7 @@ def _read_json(ref: ArtifactRef | None, name: str) -> dict:
 def _read_answers(ref: ArtifactRef) -> list[dict]:
     """Per-problem answers of an evaluation or a control ([] for artefacts written without them)."""
     with open_artifact(ref) as (path, _):
-        file = path / ANSWERS_FILE
-        return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
+        return read_answers(path) if (path / ANSWERS_FILE).exists() else []
 
 
 def _read_metrics(ref: ArtifactRef | None, name: str) -> list[dict]:
