@@ -145,7 +145,7 @@ def run_control(
 
     from rstar_math.data.schemas import METRICS
     from rstar_math.evaluation.metrics import MetricRow
-    from rstar_math.stages.evaluate import evaluate, metrics_table, read_answers, write_answers
+    from rstar_math.stages.evaluate import METRICS_FILE, evaluate, metrics_table, read_answers, write_answers
     from rstar_math.stages.train import train_policy
 
     if kind not in CONTROLS:
@@ -177,6 +177,6 @@ def run_control(
                         inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
                                 "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
                         params={"control": kind, "trained": wanted}) as out_dir:
-        write_table(metrics_table(rows), out_dir / "metrics.parquet", METRICS)
+        write_table(metrics_table(rows), out_dir / METRICS_FILE, METRICS)
         write_answers(out_dir, answers)
     return rows

@@ -16,7 +16,7 @@ differences, an HTML report with plots) and audits the lineage of the final poli
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import RunConfig
 from rstar_math.data.schemas import METRICS, read_table, write_table
-from rstar_math.evaluation.compare import METRIC as COMPARISON, comparison_rows
+from rstar_math.evaluation.compare import METRIC as COMPARISON, comparison_rows, label
 from rstar_math.evaluation.metrics import MetricRow, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext, audit
@@ -127,7 +127,14 @@ _METHOD_ORDER = ["greedy", "majority_vote", "best_of_n_ppm", "mcts_ppm", "mcts_p
 
 
 def _method(row: dict) -> str:
-    return row["method"] + (f"@{row['n']}" if row["n"] else "")
+    return label(row["method"], row["n"])
+
+
+def _markdown(corner: str, keys: Iterable, columns: Sequence, cell: Callable[[object, object], str]) -> str:
+    """A Markdown table: one line per key, one column per column, `cell(key, column)` in each."""
+    lines = [f"| {corner} | " + " | ".join(map(str, columns)) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {key} | " + " | ".join(cell(key, c) for c in columns) + " |" for key in keys]
+    return "\n".join(lines)
 
 
 def _percent_table(corner: str, cells: dict[tuple, float]) -> str:
@@ -136,11 +143,8 @@ def _percent_table(corner: str, cells: dict[tuple, float]) -> str:
     lines_keys = sorted({k[0] for k in cells})
     columns = sorted({k[1] for k in cells}, key=lambda m: (0, m) if isinstance(m, int) else (
         next((i for i, p in enumerate(_METHOD_ORDER) if m.startswith(p)), 99), m))
-    lines = [f"| {corner} | " + " | ".join(map(str, columns)) + " |", "|---|" + "---|" * len(columns)]
-    for key in lines_keys:
-        values = [f"{100 * cells[(key, c)]:.1f}" if (key, c) in cells else "-" for c in columns]
-        lines.append(f"| {key} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
+    return _markdown(corner, lines_keys, columns,
+                     lambda key, c: f"{100 * cells[(key, c)]:.1f}" if (key, c) in cells else "-")
 
 
 def accuracy_table(rows: list[dict], benchmark: str = "held_out") -> str:
@@ -177,10 +181,7 @@ def comparison_table(rows: list[dict], benchmark: str = "held_out") -> str:
     columns = list(dict.fromkeys(r["method"] for r in mine))
     cells = {(r["round"], r["method"]): f"{100 * r['value']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
              for r in mine}
-    lines = ["| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for rnd in sorted({r["round"] for r in mine}):
-        lines.append(f"| {rnd} | " + " | ".join(cells.get((rnd, c), "-") for c in columns) + " |")
-    return "\n".join(lines)
+    return _markdown("round", sorted({r["round"] for r in mine}), columns, lambda rnd, c: cells.get((rnd, c), "-"))
 
 
 def _round_table(rows: list[dict]) -> str:
@@ -198,11 +199,7 @@ def _round_table(rows: list[dict]) -> str:
     rounds = sorted({k[0] for k in cells})
     if not rounds:
         return ""
-    lines = ["| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for rnd in rounds:
-        values = [f"{cells[(rnd, c)]:.3g}" if (rnd, c) in cells else "-" for c in columns]
-        lines.append(f"| {rnd} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
+    return _markdown("round", rounds, columns, lambda rnd, c: f"{cells[(rnd, c)]:.3g}" if (rnd, c) in cells else "-")
 
 
 def summarize(
