@@ -77,8 +77,9 @@ class EmbeddedConfig:
         "algebra__linear_1d",
         "algebra__linear_1d_composed",
         "polynomials__evaluate",
+        "numbers__is_factor_composed",
     )
-    misconception_rates: tuple[float, ...] = (0.85, 0.7, 0.7, 0.7, 0.8, 0.6, 0.8)
+    misconception_rates: tuple[float, ...] = (0.85, 0.7, 0.7, 0.7, 0.8, 0.6, 0.8, 0.7)
     """Share of seed solutions per module (same order as `modules`) that make the module's
     systematic mistake: the stand-in for imperfect pre-training data."""
     corpus_per_module: int = 2000
