@@ -27,6 +27,11 @@ method often enough for sampling to find it:
                                solve(L + (R), v) instead of solve(Eq(L, R), v)
     algebra__linear_1d_composed  one step per clause (Let/Suppose/Solve); every equation
                                clause independently makes the linear_1d sign mistake
+    polynomials__evaluate      pastes the argument into the polynomial as text, without
+                               parentheses: right unless a negative argument meets an even power
+    numbers__is_factor_composed  one step per clause; each equation, evaluation and the final
+                               check independently makes its module's mistake (a guessed
+                               check is right half the time, so outcome-only filtering keeps it)
 
 Outputs are never written by hand: every code step is executed (cumulative code of
 the earlier steps first, silently, exactly as search does) and its stdout becomes the
