@@ -210,6 +210,13 @@ def test_default_step_cap_fits_the_default_worlds_steps():
     assert 96 < longest <= config.search.max_step_tokens
 
 
+def test_default_world_searches_the_modules_its_corpus_teaches():
+    """Each searched and held-out module has its misconception in the seed corpus, and back."""
+    config = load_config("default")
+    assert set(config.data.generator.modules) == set(config.embedded.modules)
+    assert "numbers__is_factor_composed" in config.embedded.modules  # the mistake Q sees in every round
+
+
 def test_misconception_rates_must_match_the_modules():
     section = EmbeddedConfig()
     assert section.rates == dict(zip(section.modules, section.misconception_rates))
