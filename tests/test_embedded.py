@@ -214,7 +214,8 @@ def test_default_world_searches_the_modules_its_corpus_teaches():
     """Each searched and held-out module has its misconception in the seed corpus, and back."""
     config = load_config("default")
     assert set(config.data.generator.modules) == set(config.embedded.modules)
-    assert "numbers__is_factor_composed" in config.embedded.modules  # the mistake Q sees in every round
+    # its guessed final check, which Q sees and the outcome misses half the time, outlasts the plain one
+    assert "numbers__is_factor_composed" in config.embedded.modules
 
 
 def test_misconception_rates_must_match_the_modules():
