@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import rstar_math.grading.match as match_module
 from rstar_math.grading import Grade, answers_match, extract_boxed, grade, normalize_answer
+from rstar_math.grading.symbolic import TIMED_OUT, run_with_time_limit
 
 # --- extract_boxed ------------------------------------------------------------------
 
@@ -307,6 +308,27 @@ def test_timeout_is_not_equal_and_bounded(sympy_loaded):
     start = time.monotonic()
     assert not answers_match(*_SLOW, timeout_s=0.2)
     assert time.monotonic() - start < 1.5
+
+
+def test_time_limit_holds_when_the_first_timeout_is_swallowed():
+    """The interpreter swallows an exception raised inside a __del__ or a gc callback; the
+    alarm must fire again rather than let the function run to its end."""
+
+    def stubborn() -> str:
+        end = time.monotonic() + 5
+        try:
+            while time.monotonic() < end:
+                pass
+        except BaseException:  # noqa: BLE001 - stands in for the interpreter eating the raise
+            pass
+        while time.monotonic() < end:
+            pass
+        return "finished"
+
+    start = time.monotonic()
+    assert run_with_time_limit(stubborn, 0.2) is TIMED_OUT
+    assert time.monotonic() - start < 2
+    assert signal.getitimer(signal.ITIMER_REAL)[1] == 0.0  # no repeating tick left behind
 
 
 def test_existing_alarm_survives_a_timed_comparison(sympy_loaded):

@@ -166,6 +166,10 @@ def to_sympy(sympy: ModuleType, expr: Expr) -> Any:
 # --- time limit -------------------------------------------------------------------
 
 
+_RETRY_S = 0.05
+"""How often the alarm fires again once due, until the timed function has stopped."""
+
+
 class _Timeout(BaseException):
     """Raised by our SIGALRM handler. A BaseException so that library code's
     `except Exception` cannot swallow it."""
@@ -188,18 +192,19 @@ def run_with_time_limit(function: Callable[[], Any], seconds: float) -> Any:
     armed = [True]
 
     def on_alarm(signum: int, frame: Any) -> None:
-        # Raise at most once, even if the signal lands while we are tearing down.
+        # Raise on every tick until function() is left: a raise that lands in a __del__ or a
+        # gc callback is swallowed by the interpreter, and one raise would then be lost.
+        # Never once we are tearing down.
         if armed[0]:
-            armed[0] = False
             raise _Timeout
 
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
     started = time.monotonic()
     previous_delay, previous_interval = 0.0, 0.0
     try:
-        previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+        previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _RETRY_S)
         if 0 < previous_delay < seconds:
-            signal.setitimer(signal.ITIMER_REAL, previous_delay)
+            signal.setitimer(signal.ITIMER_REAL, previous_delay, _RETRY_S)
         try:
             return function()
         finally:
@@ -208,6 +213,8 @@ def run_with_time_limit(function: Callable[[], Any], seconds: float) -> Any:
     except _Timeout:
         return TIMED_OUT
     finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)  # again: a tick may have cut the first one short
         signal.signal(signal.SIGALRM, previous_handler)
         if previous_delay > 0:
             remaining = previous_delay - (time.monotonic() - started)
