@@ -13,7 +13,7 @@ import torch
 
 from rstar_math.data.generate import generate_problems
 from rstar_math.config import ConfigError, EmbeddedConfig, load_config
-from rstar_math.embedded.bootstrap import bootstrap, check_step_cap, seed_problems, step_lengths
+from rstar_math.embedded.bootstrap import bootstrap, check_step_cap, pretraining_dtype, seed_problems, step_lengths
 from rstar_math.embedded.corpus import (
     MODULES,
     InProcessExecutor,
@@ -25,6 +25,7 @@ from rstar_math.embedded.corpus import (
 from rstar_math.grading import answers_match, extract_boxed
 from rstar_math.models.tokenizer import train_tokenizer
 from rstar_math.steps import STOP_STRINGS, StepKind, parse_step
+from rstar_math.training.loop import cpu_has_native_bf16
 
 SAMPLE = 120  # questions per module
 DIFFICULTY = 0.2  # the default preset's
@@ -216,6 +217,13 @@ def test_default_world_searches_the_modules_its_corpus_teaches():
     assert set(config.data.generator.modules) == set(config.embedded.modules)
     # its guessed final check, which Q sees and the outcome misses half the time, outlasts the plain one
     assert "numbers__is_factor_composed" in config.embedded.modules
+
+
+def test_pretraining_dtype_is_bf16_only_where_the_cpu_has_it():
+    assert pretraining_dtype("auto") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert pretraining_dtype("float32") == "float32" and pretraining_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="embedded.dtype"):
+        pretraining_dtype("bf16")
 
 
 def test_misconception_rates_must_match_the_modules():

@@ -27,7 +27,8 @@ from rstar_math.training import (
     split_by_problem,
     train,
 )
-from rstar_math.training.loop import deepspeed_available, deepspeed_config, group_by_length, use_bf16
+from rstar_math.training.loop import (cpu_has_native_bf16, deepspeed_available, deepspeed_config, group_by_length,
+                                      use_bf16)
 from rstar_math.training.tasks import IGNORE_INDEX
 
 # -- data a tiny model can learn from --------------------------------------------------------------
@@ -220,9 +221,18 @@ def test_grouping_by_length_keeps_the_examples_and_cuts_padding():
     assert padded(grouped) < 0.8 * padded(order)  # lengths uniform over 20-400: 0.70
 
 
+def test_native_bf16_is_read_from_the_cpu_flags():
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert not cpu_has_native_bf16(avx2_only)
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("model name\t: avx512_bf16 in a name is not a flag\n")
+
+
 def test_precision_choices():
     cpu = torch.device("cpu")
-    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu) and not use_bf16("auto", cpu)
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+    assert use_bf16("auto", cpu) == cpu_has_native_bf16()  # emulated bf16 is far slower than fp32
     with pytest.raises(ValueError, match="precision"):
         use_bf16("fp8", cpu)
 

@@ -17,9 +17,8 @@ What one call does, in order:
     off: padding was half of an SFT batch's tokens), split over devices and
     micro-batches (batch_size = micro_batch_size x accumulation x world_size); the loss
     is the task's summed loss divided by the global batch's weight, so micro-batching
-    never changes its value; precision per config.precision (auto: bf16 autocast on GPU,
-    fp32 on CPU; bf16: autocast on any device, the faster choice for small models on
-    CPU);
+    never changes its value; precision per config.precision (auto: bf16 autocast on a GPU
+    and on a CPU with native bf16, fp32 otherwise; bf16: autocast on any device);
   - evaluates held-out examples whenever an epoch ends, and at the last step;
   - every `checkpoint_every` steps publishes checkpoint_uri/step-000120/ through the
     store, trainer_state.json last (a directory without it is ignored), and keeps the
@@ -351,9 +350,24 @@ def group_by_length(order: list[int], length, batch: int, seed: str, window: int
     return [i for b in batches for i in b]
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 itself (AVX512-BF16 or AMX, read from /proc/cpuinfo's
+    flags). Without them torch emulates bf16 and autocast is far slower than fp32 (a 512x512
+    matmul: 1.4 against 34 GFLOP/s on an AVX2-only CPU), so `auto` trains in fp32 there."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether to train under bf16 autocast (TrainConfig.precision: auto, bf16 or fp32)."""
     if precision == "auto":
+        if device.type == "cpu":
+            return cpu_has_native_bf16()
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision in ("bf16", "fp32"):
         return precision == "bf16"
