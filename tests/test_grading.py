@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -329,6 +330,29 @@ def test_time_limit_holds_when_the_first_timeout_is_swallowed():
     assert run_with_time_limit(stubborn, 0.2) is TIMED_OUT
     assert time.monotonic() - start < 2
     assert signal.getitimer(signal.ITIMER_REAL)[1] == 0.0  # no repeating tick left behind
+
+
+def test_a_timeout_swallowed_in_a_finaliser_is_not_reported(monkeypatch):
+    """A raise that lands in a __del__ goes to sys.unraisablehook; ours is expected there (the
+    next tick follows), and a slow reporting hook (pytest's formats a traceback) must not see it."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class SlowToFinalise:
+        def __del__(self) -> None:
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                pass
+
+    def function() -> str:
+        SlowToFinalise()  # finalised at once; the first alarm lands inside __del__
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+        return "finished"
+
+    assert run_with_time_limit(function, 0.2) is TIMED_OUT
+    assert reported == [] and sys.unraisablehook == reported.append
 
 
 def test_existing_alarm_survives_a_timed_comparison(sympy_loaded):
