@@ -220,7 +220,8 @@ class TrainConfig:
     """Batch examples of similar length together (the same examples per epoch, less padding)."""
     precision: str = "auto"
     """auto (bf16 autocast on a GPU and on a CPU with native bf16, where it trains small models
-    ~1.3x faster; fp32 elsewhere: emulated bf16 is far slower), bf16 (autocast on any device) or fp32."""
+    ~1.3x faster; fp32 elsewhere: emulated bf16 is far slower), bf16 (autocast on any device)
+    or fp32."""
     seed: int = 0
 
 

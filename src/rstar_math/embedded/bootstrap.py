@@ -21,8 +21,8 @@ defines the result. Reproducible for a seed on one machine and thread count, not
 processor models: the last bits differ, and so does the model that comes out (README).
 
 Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast (dtype auto, on a
-CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means fp32) trains this
-model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA; two forked
+CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means
+fp32) trains this model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA; two forked
 workers (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of
 1536 padded tokens) takes ~10 minutes.
 """
