@@ -207,8 +207,8 @@ def run_with_time_limit(function: Callable[[], Any], seconds: float) -> Any:
         if not isinstance(unraisable.exc_value, _Timeout):
             previous_unraisable(unraisable)
 
-    sys.unraisablehook = on_unraisable
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    sys.unraisablehook = on_unraisable  # after the one call that can fail before the try
     started = time.monotonic()
     previous_delay, previous_interval = 0.0, 0.0
     try:
