@@ -241,6 +241,16 @@ def test_training_workers_do_not_change_the_result(tmp_path):
     assert one.losses == pytest.approx(two.losses, rel=1e-3)
 
 
+def test_time_budget_stops_every_worker_at_the_same_step(tmp_path, caplog):
+    """An exhausted budget ends pre-training at the next shared check (every 50 steps), with a
+    warning, and both workers stop there: neither waits forever in the other's all-reduce."""
+    config = dataclasses.replace(MINUSCULE, workers=2, max_steps=120, time_budget_s=0.0)
+    with caplog.at_level("WARNING", logger="rstar_math.embedded.bootstrap"):
+        result = bootstrap(config, tmp_path / "base")
+    assert result.steps == 50 and len(result.losses) == 1
+    assert "time budget 0s spent after 50 of 120 steps" in caplog.text
+
+
 def test_minuscule_bootstrap_saves_a_loadable_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -108,8 +108,10 @@ class EmbeddedConfig:
     learns, and when it clicks varies with the processor's arithmetic: at 4000 steps one machine's
     base model had learnt it and another's had not; at 5000 that one had too (README, "The
     embedded default")."""
-    time_budget_s: float = 900.0
-    """Stop pre-training early (with a warning) if it takes longer than this."""
+    time_budget_s: float = 2400.0
+    """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
+    far slower machine, not a schedule: the bootstrap took 24 minutes in fp32 on an AVX2-only CPU
+    and 6 to 12 with native bf16, and a model cut short makes a weaker world."""
     dtype: str = "auto"
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
     faster, float32 elsewhere (emulated bf16 pre-trained 5.4x slower than float32)."""
