@@ -22,9 +22,10 @@ processor models: the last bits differ, and so does the model that comes out (RE
 
 Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast (dtype auto, on a
 CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means
-fp32) trains this model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA; two forked
-workers (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of
-1536 padded tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU ~5.7k tokens/s and 22.
+fp32) trains this model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA;
+two forked workers (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps
+of 1536 padded tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.7k tokens/s and ~22
+minutes.
 """
 
 from __future__ import annotations
