@@ -10,6 +10,9 @@
 Models are random Qwen2s made on the spot (no weights are downloaded), with a
 tokenizer trained on the synthetic trajectories they train on. Throughput is
 non-padding tokens per second of step time, measured after `--warmup` steps.
+The PPM runs twice on the same pairs: packed (each group's shared prefix once, the
+default) and `ppm-pad` (one padded row per step); the last line is their step-time
+ratio, the packing's speed-up (a packed prefix counts once, so compare s/step).
 Model FLOPs utilisation is 6 x parameters x tokens/s / peak (`--peak-tflops`, 989
 for an H100's dense bf16), the usual estimate that ignores attention's own FLOPs.
 """
@@ -111,7 +114,9 @@ def datasets(n: int, steps: int, seed: int = 0) -> tuple[list[dict], list[dict]]
     return sft, pairs
 
 
-def measure(task, config: TrainConfig, *, device: str, steps: int, warmup: int, peak_tflops: float) -> Measurement:
+def measure(
+    label: str, task, config: TrainConfig, *, device: str, steps: int, warmup: int, peak_tflops: float
+) -> Measurement:
     marks: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         train(
@@ -125,7 +130,7 @@ def measure(task, config: TrainConfig, *, device: str, steps: int, warmup: int, 
     mfu = 6 * params * rate / (peak_tflops * 1e12) if device.startswith("cuda") else None
     sequences = config.batch_size * (4 if task.name == "ppm" else 1)  # a PPM example is a group of 4 steps here
     return Measurement(
-        task.name, device, config.deepspeed or "torch", params / 1e6, config.batch_size,
+        label, device, config.deepspeed or "torch", params / 1e6, config.batch_size,
         tokens / steps / sequences, rate, seconds / steps, mfu,
     )
 
@@ -160,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = make_model(Path(tmp) / "model", size, [r["prompt"] + r["completion"] for r in sft_rows[:200]])
         sft = SftTask(str(model_dir), sft_rows, max_length=4096)
         ppm = PPMTask(str(model_dir), pair_rows, max_length=4096)
-        for task in (sft, ppm):
+        ppm_pad = PPMTask(str(model_dir), pair_rows, max_length=4096, tokenizer=ppm.tokenizer, share_prefixes=False)
+        for label, task in (("sft", sft), ("ppm", ppm), ("ppm-pad", ppm_pad)):
             for backend in backends:
                 config = TrainConfig(
                     learning_rate=1e-4, epochs=1.0, batch_size=batch, micro_batch_size=micro, warmup_ratio=0.0,
                     checkpoint_every=10**9, deepspeed=backend, precision=args.precision,
                 )
-                rows.append(
-                    measure(task, config, device=args.device, steps=steps, warmup=args.warmup, peak_tflops=args.peak_tflops)
-                )
+                rows.append(measure(
+                    label, task, config, device=args.device, steps=steps, warmup=args.warmup, peak_tflops=args.peak_tflops
+                ))
 
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
@@ -178,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {args.device}, model {size}, precision {args.precision}, torch threads {threads}, "
           f"{steps} steps after {args.warmup} warm-up")
     header = ("task", "backend", "params", "batch", "tok/seq", "tokens/s", "s/step", "MFU", "vs torch")
-    print("{:<5} {:<9} {:>8} {:>5} {:>8} {:>10} {:>8} {:>7} {:>8}".format(*header))
+    print("{:<7} {:<9} {:>8} {:>5} {:>8} {:>10} {:>8} {:>7} {:>8}".format(*header))
     for r in rows:
         mfu = f"{100 * r.mfu:6.1f}%" if r.mfu is not None else "      -"
         print(
-            f"{r.task:<5} {r.backend:<9} {r.params_m:7.1f}M {r.batch:>5} {r.seq_len:8.0f} {r.tokens_per_s:10.0f} "
+            f"{r.task:<7} {r.backend:<9} {r.params_m:7.1f}M {r.batch:>5} {r.seq_len:8.0f} {r.tokens_per_s:10.0f} "
             f"{r.step_s:8.3f} {mfu} {r.tokens_per_s / base[r.task]:8.2f}"
         )
+    step = {(r.task, r.backend): r.step_s for r in rows}
+    for backend in ("torch", *backends[1:]):
+        print(f"PPM step time, padded / packed ({backend}): {step['ppm-pad', backend] / step['ppm', backend]:.2f}x")
     return 0
 
 

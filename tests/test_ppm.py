@@ -17,7 +17,9 @@ from rstar_math.models.ppm import (
     ProcessPreferenceModel,
     encode_texts,
     last_token_index,
+    pack_shared_prefixes,
     pad_batch,
+    shared_prefix_length,
 )
 from rstar_math.steps import render_prompt, render_step
 from rstar_math.training.tasks import pairwise_ranking_loss
@@ -88,6 +90,57 @@ def test_score_is_read_at_the_last_real_token_with_either_padding(ppm):
         left_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
         torch.testing.assert_close(ppm(right_ids, right_mask), alone, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ppm(left_ids, left_mask), alone, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prefix_leaves_every_sequence_a_token_of_its_own():
+    assert shared_prefix_length([(1, 2, 3, 4), (1, 2, 5)]) == 2
+    assert shared_prefix_length([(1, 2), (1, 2, 3)]) == 1  # (1, 2) is read at its own last token
+    assert shared_prefix_length([(1, 2, 3)]) == 2
+    assert shared_prefix_length([(1, 2), (3, 4)]) == 0
+
+
+@pytest.fixture(params=["sdpa", "eager"])
+def attention(request, ppm):
+    saved = ppm.config._attn_implementation
+    ppm.config._attn_implementation = request.param
+    yield request.param
+    ppm.config._attn_implementation = saved
+
+
+def test_packed_groups_score_as_each_sequence_scored_alone(ppm, attention):
+    ids = encode_texts(ppm.tokenizer, TEXTS, None)
+    prompt, good, bad, answer = ids[2], ids[0], ids[1], ids[3]
+    groups = [
+        [answer],  # the widest row: the two short groups below share the next one
+        [good, bad, answer],  # one prompt, three continuations
+        [prompt, good],  # `prompt` is all prefix of `good`: it keeps its last token as its own
+        [prompt[:5]],
+    ]
+    assert len(prompt) + 5 <= len(answer) and len(good) + len(bad) + len(answer) - 2 * len(prompt) > len(answer)
+    batch = pack_shared_prefixes(groups, ppm.tokenizer.pad_token_id)
+    sequences = [s for g in groups for s in g]
+    assert batch["score_at"].shape == (len(sequences),)
+    assert batch["input_ids"].shape[0] == 3, "the prefix-only groups share a row"
+    flat = batch["input_ids"].reshape(-1)
+    assert [flat[i].item() for i in batch["score_at"]] == [s[-1] for s in sequences]
+    with torch.no_grad():
+        packed = ppm(**batch)
+        alone = torch.cat([ppm(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in sequences])
+    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_batch_needs_its_score_positions_and_a_masking_attention(ppm):
+    ids = encode_texts(ppm.tokenizer, TEXTS[:2], None)
+    batch = pack_shared_prefixes([ids], ppm.tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="score_at"):
+        ppm(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    saved = ppm.config._attn_implementation
+    ppm.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="flash_attention_2"):
+            ppm(**batch)
+    finally:
+        ppm.config._attn_implementation = saved
 
 
 def test_scorer_gives_tanh_of_raw_over_five_in_input_order(ppm):

@@ -160,16 +160,38 @@ def test_source_balancing_gives_each_source_an_equal_share(tiny_model_dir, sft_t
     assert order != task.epoch_order(list(range(15)), epoch=1, seed=0)
 
 
-def test_ppm_groups_score_each_distinct_step_once(ppm_task):
+def test_ppm_groups_score_each_distinct_step_once(tiny_model_dir, ppm_task):
     group = ppm_task.groups[0]
     assert len(group.sequences) == 4 and len(group.pairs) == 4  # 2 chosen x 2 rejected
-    batch = ppm_task.collate([0, 1])
+    padded = PPMTask(str(tiny_model_dir), ppm_rows(12), max_length=256, share_prefixes=False)
+    batch = padded.collate([0, 1])
     assert batch["input_ids"].shape[0] == 8
     assert batch["group"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     chosen, rejected = set(batch["chosen"].tolist()), set(batch["rejected"].tolist())
     assert len(chosen) == len(rejected) == 4 and chosen | rejected == set(range(8))
-    texts = ppm_task.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=False)
+    texts = padded.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=False)
     assert all("Error" not in texts[i] for i in chosen) and all("Error" in texts[i] for i in rejected)
+    assert {k: v.tolist() for k, v in ppm_task.collate([0, 1]).items() if k in ("chosen", "rejected", "group")} == {
+        k: batch[k].tolist() for k in ("chosen", "rejected", "group")
+    }
+
+
+def test_packed_ppm_batches_give_the_padded_loss_and_gradients_for_fewer_tokens(tiny_model_dir, ppm_task):
+    padded = PPMTask(str(tiny_model_dir), ppm_rows(12), max_length=256, share_prefixes=False)
+    indices = list(range(6))
+    assert ppm_task.num_tokens(indices) < 0.75 * padded.num_tokens(indices)  # the prompt counts once per group
+    torch.manual_seed(0)
+    model = ppm_task.build_model()
+    gradients = []
+    for task in (ppm_task, padded):
+        model.zero_grad()
+        loss = task.loss(model, task.collate(indices))
+        loss.backward()
+        gradients.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (packed_loss, packed_grads), (padded_loss, padded_grads) = gradients
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # -- learning -------------------------------------------------------------------------------------------

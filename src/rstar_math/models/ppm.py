@@ -83,6 +83,77 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return input_ids, attention_mask
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens that start every sequence, leaving each at least one token of its own."""
+    shortest = min(len(s) for s in sequences)
+    first = sequences[0]
+    n = 0
+    while n < shortest - 1 and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
+def pack_shared_prefixes(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Groups of token sequences packed into rows: a group's shared prefix once, then each
+    of its sequences' own tokens; as many groups to a row as fit the longest group.
+
+    A step's preference pairs all extend the same partial trajectory, which is most of
+    their tokens; packed, the prefix goes through the model once instead of once per step,
+    and short groups fill the room that padding would take. The mask lets a sequence's
+    own tokens see its group's prefix and themselves only, and their positions continue
+    from the prefix's, so every score equals scoring the sequence alone.
+
+    Returns input_ids and position_ids [R, L], attention_mask [R, 1, L, L] (bool, True =
+    attend) and score_at [N]: the flat index (row x L + column) of each sequence's last
+    token, the sequences in the order given.
+    """
+    packed = []  # per group: tokens, positions, segments (0 = prefix, k = sequence k), last columns
+    for sequences in groups:
+        shared = shared_prefix_length(sequences)
+        tokens, pos, seg, last = list(sequences[0][:shared]), list(range(shared)), [0] * shared, []
+        for k, sequence in enumerate(sequences, 1):
+            own = sequence[shared:]
+            tokens += own
+            pos += range(shared, shared + len(own))
+            seg += [k] * len(own)
+            last.append(len(tokens) - 1)
+        packed.append((tokens, pos, seg, last))
+    # First fit, longest first, into rows as wide as the longest group.
+    width = max(len(p[0]) for p in packed)
+    used: list[int] = []
+    place = [(0, 0)] * len(packed)  # (row, column) where each group starts
+    for g in sorted(range(len(packed)), key=lambda g: -len(packed[g][0])):
+        size = len(packed[g][0])
+        row = next((r for r, n in enumerate(used) if n + size <= width), len(used))
+        if row == len(used):
+            used.append(0)
+        place[g] = (row, used[row])
+        used[row] += size
+    input_ids = torch.full((len(used), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(used), width), dtype=torch.long)
+    block = torch.full((len(used), width), -1, dtype=torch.long)  # which group; -1 = padding
+    segment = torch.full((len(used), width), -1, dtype=torch.long)
+    score_at = []
+    for g, ((tokens, pos, seg, last), (row, col)) in enumerate(zip(packed, place)):
+        span = slice(col, col + len(tokens))
+        input_ids[row, span] = torch.tensor(tokens, dtype=torch.long)
+        position_ids[row, span] = torch.tensor(pos, dtype=torch.long)
+        segment[row, span] = torch.tensor(seg, dtype=torch.long)
+        block[row, span] = g
+        score_at += [row * width + col + c for c in last]
+    # A query sees its own group's prefix and earlier tokens of its own segment; padding sees
+    # padding only, so no row of the mask is empty (an empty row makes SDPA return NaN).
+    same_group = block[:, None, :] == block[:, :, None]
+    visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == 0)
+    causal = position_ids[:, None, :] <= position_ids[:, :, None]
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": (same_group & visible & causal)[:, None],
+        "score_at": torch.tensor(score_at, dtype=torch.long),
+    }
+
+
 class ProcessPreferenceModel(nn.Module):
     """Backbone (a causal LM without its LM head) + linear value head on the last token."""
 
@@ -100,11 +171,32 @@ class ProcessPreferenceModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw scores [batch] (float32) read at each row's last non-padding token."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, last_token_index(attention_mask)]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        score_at: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw scores (float32): one per row, read at its last non-padding token; or, for a
+        batch from `pack_shared_prefixes`, one per packed sequence, read at `score_at`."""
+        packed = attention_mask.dim() == 4
+        if packed and score_at is None:
+            raise ValueError("a packed batch (4D attention_mask) needs score_at")
+        mask = attention_mask
+        if packed and self.config._attn_implementation == "eager":  # eager adds the mask to the logits
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        elif packed and self.config._attn_implementation != "sdpa":
+            raise ValueError(
+                f"packed PPM batches need sdpa or eager attention, not {self.config._attn_implementation!r}"
+            )
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        if packed:
+            last = hidden.reshape(-1, hidden.shape[-1])[score_at]
+        else:
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
         return self.value_head(last.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     # -- loading and saving -------------------------------------------------------------------

@@ -9,7 +9,8 @@ global batch (`TrainConfig.batch_size`):
               completion's step tokens only (the prompt, the padding and the output
               blocks that the executor wrote are labelled -100).
     PPMTask   one group of preference pairs sharing (problem_id, prefix): each of the
-              group's distinct steps is scored once, and the loss is METHOD.md's
+              group's distinct steps is scored once (packed behind one copy of the
+              prefix, models.ppm.pack_shared_prefixes), and the loss is METHOD.md's
                   -log sigmoid(r(x, y+) - r(x, y-))
               averaged over the group's positive/negative pairs, then over the groups.
 
@@ -45,7 +46,8 @@ from torch import nn
 
 from rstar_math.data.schemas import PPM_PAIRS, SFT_DATA, read_table
 from rstar_math.models.checkpoint import load_tokenizer
-from rstar_math.models.ppm import PPM_CONFIG_FILE, ProcessPreferenceModel, encode_texts, pad_batch
+from rstar_math.models.ppm import (PPM_CONFIG_FILE, ProcessPreferenceModel, encode_texts, pack_shared_prefixes,
+                                   pad_batch, shared_prefix_length)
 from rstar_math.steps import trainable_spans
 from rstar_math.store import is_s3, local_copy, store_for
 
@@ -350,11 +352,18 @@ class PairGroup:
 
     sequences: token ids of prefix + step, one per distinct step text.
     pairs: (chosen, rejected) positions in `sequences`, one per preference pair.
+    shared: leading tokens common to all sequences (the prefix, as tokenised).
     """
 
     problem_id: str
     sequences: tuple[tuple[int, ...], ...]
     pairs: tuple[tuple[int, int], ...]
+    shared: int = 0
+
+    @property
+    def packed_tokens(self) -> int:
+        """Tokens of the group packed behind one copy of its shared prefix."""
+        return self.shared + sum(len(s) - self.shared for s in self.sequences)
 
 
 def group_pairs(rows: Sequence[Mapping[str, Any]], tokenizer, max_length: int | None) -> list[PairGroup]:
@@ -378,21 +387,32 @@ def group_pairs(rows: Sequence[Mapping[str, Any]], tokenizer, max_length: int | 
     groups = []
     for key, g in keys.items():
         sequences = tuple(tuple(next(encoded)) for _ in texts[g])
-        groups.append(PairGroup(key[0], sequences, tuple(pairs[g])))
+        groups.append(PairGroup(key[0], sequences, tuple(pairs[g]), shared_prefix_length(sequences)))
     return groups
 
 
 class PPMTask(Task):
-    """Pairwise ranking of PPM_PAIRS (METHOD.md, "Process preference model"); examples are groups."""
+    """Pairwise ranking of PPM_PAIRS (METHOD.md, "Process preference model"); examples are groups.
+
+    share_prefixes: put a group through the model as one packed row, its prefix once
+    (the default; the same scores for fewer tokens), or as one padded row per step.
+    """
 
     name = "ppm"
     commit_file = PPM_CONFIG_FILE
 
     def __init__(
-        self, model_uri: str, pairs: pa.Table | Sequence[Mapping[str, Any]], *, max_length: int = 4096, tokenizer=None
+        self,
+        model_uri: str,
+        pairs: pa.Table | Sequence[Mapping[str, Any]],
+        *,
+        max_length: int = 4096,
+        tokenizer=None,
+        share_prefixes: bool = True,
     ):
         self.model_uri = str(model_uri)
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.model_uri)
+        self.share_prefixes = share_prefixes
         rows = _rows(pairs)
         self.groups = group_pairs(rows, self.tokenizer, max_length)
         self.pad_id = self.tokenizer.pad_token_id
@@ -411,31 +431,40 @@ class PPMTask(Task):
         return ProcessPreferenceModel.from_policy(self.model_uri, device="cpu", dtype="float32")
 
     def num_tokens(self, indices: Sequence[int]) -> int:
+        if self.share_prefixes:
+            return sum(self.groups[i].packed_tokens for i in indices)
         return sum(len(s) for i in indices for s in self.groups[i].sequences)
 
     def loss_weight(self, indices: Sequence[int]) -> float:
         return float(len(indices))
 
     def collate(self, indices: Sequence[int]) -> Batch:
-        sequences, chosen, rejected, group = [], [], [], []
+        offset, chosen, rejected, group = 0, [], [], []
         for g, index in enumerate(indices):
-            offset = len(sequences)
-            sequences.extend(self.groups[index].sequences)
             for c, r in self.groups[index].pairs:
                 chosen.append(offset + c)
                 rejected.append(offset + r)
                 group.append(g)
-        input_ids, attention_mask = pad_batch(sequences, self.pad_id)
+            offset += len(self.groups[index].sequences)
+        if self.share_prefixes:
+            inputs = pack_shared_prefixes([self.groups[i].sequences for i in indices], self.pad_id)
+        else:
+            input_ids, attention_mask = pad_batch([s for i in indices for s in self.groups[i].sequences], self.pad_id)
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            **inputs,
             "chosen": torch.tensor(chosen, dtype=torch.long),
             "rejected": torch.tensor(rejected, dtype=torch.long),
             "group": torch.tensor(group, dtype=torch.long),
         }
 
+    @staticmethod
+    def _scores(model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Raw score of every sequence of the batch, in collate's order."""
+        return model(**{k: v for k, v in batch.items() if k not in ("chosen", "rejected", "group")})
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        scores = self._scores(model, batch)
         return pairwise_ranking_loss(scores[batch["chosen"]], scores[batch["rejected"]], batch["group"], reduction="sum")
 
     def evaluate(self, model, indices, *, micro_batch_size, device, autocast) -> dict[str, float]:
@@ -443,7 +472,7 @@ class PPMTask(Task):
         for start in range(0, len(indices), micro_batch_size):
             batch = _to(self.collate(indices[start : start + micro_batch_size]), device)
             with autocast():
-                scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                scores = self._scores(model, batch)
             margins.append((scores[batch["chosen"]] - scores[batch["rejected"]]).float().cpu())
         if not margins:
             return {}
