@@ -156,6 +156,22 @@ def test_scorer_gives_tanh_of_raw_over_five_in_input_order(ppm):
     assert scorer.score([]) == []
 
 
+def test_scorer_packs_siblings_behind_their_shared_trajectory(ppm):
+    parent = PROMPT + GOOD + GOOD
+    texts = [parent + BAD, TEXTS[3], parent + GOOD, parent]  # three siblings-or-parent, one stranger
+    scorer = PPMScorer(ppm)
+    ids = encode_texts(ppm.tokenizer, texts, None)
+    groups = {tuple(sorted(members)) for members, _ in scorer._prefix_groups(ids)}
+    assert groups == {(0, 2, 3), (1,)}, "the stranger shares only the prompt: less than half of it"
+    packed_tokens = sum(tokens for _, tokens in scorer._prefix_groups(ids))
+    assert packed_tokens < sum(map(len, ids)) - len(ids[3])
+    one_by_one = [scorer.raw_scores([t])[0] for t in texts]
+    assert scorer.raw_scores(texts) == pytest.approx(one_by_one, abs=1e-4)
+    cramped = PPMScorer(ppm, max_length=len(ids[0]) + 3)  # no room for a second sibling in a row
+    assert all(len(members) == 1 or 3 in members for members, _ in cramped._prefix_groups(ids))
+    assert cramped.raw_scores(texts) == pytest.approx([cramped.raw_scores([t])[0] for t in texts], abs=1e-4)
+
+
 def test_scorer_truncates_from_the_left(ppm):
     scorer = PPMScorer(ppm, max_length=12)
     text = TEXTS[3]

@@ -320,9 +320,12 @@ def _millions(model: nn.Module) -> float:
 class PPMScorer:
     """Scores of partial trajectories in [-1, 1]: the value model that search and evaluation call.
 
-    Texts are full rendered trajectories (prompt + steps with output blocks). They are
-    sorted by length and cut into micro-batches of at most `max_batch_tokens` padded
-    tokens, so one long trajectory does not pad a batch of short ones.
+    Texts are full rendered trajectories (prompt + steps with output blocks). Search
+    scores the new children of each expanded node together, and siblings share their
+    parent's whole trajectory; so texts whose tokens are mostly one shared prefix are
+    packed behind a single copy of it (`pack_shared_prefixes`: the same scores, fewer
+    tokens), and the packed groups are cut into micro-batches of at most
+    `max_batch_tokens` tokens.
     """
 
     def __init__(
@@ -348,13 +351,12 @@ class PPMScorer:
         if not texts:
             return []
         ids = encode_texts(self.tokenizer, texts, self.max_length)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = [0.0] * len(ids)
         with torch.inference_mode():
-            for chunk in self._chunks(order, ids):
-                input_ids, attention_mask = pad_batch([ids[i] for i in chunk], self.pad_id)
-                scores = self.model(input_ids.to(self.device), attention_mask.to(self.device))
-                for i, value in zip(chunk, scores.tolist()):
+            for chunk in self._chunks(self._prefix_groups(ids)):
+                batch = pack_shared_prefixes([[ids[i] for i in group] for group, _ in chunk], self.pad_id)
+                scores = self.model(**{k: v.to(self.device) for k, v in batch.items()})
+                for i, value in zip((i for group, _ in chunk for i in group), scores.tolist()):
                     out[i] = value
         return out
 
@@ -362,14 +364,40 @@ class PPMScorer:
         """tanh(raw / 5) of each text, in input order."""
         return [math.tanh(r / SQUASH_SCALE) for r in self.raw_scores(texts)]
 
-    def _chunks(self, order: list[int], ids: list[list[int]]):
-        """Consecutive runs of `order` (longest first) whose padded size fits the token budget."""
-        chunk: list[int] = []
-        for i in order:
-            width = len(ids[chunk[0]]) if chunk else len(ids[i])  # sorted: the first is the widest
-            if chunk and (len(chunk) + 1) * width > self.max_batch_tokens:
+    def _prefix_groups(self, ids: list[list[int]]) -> list[tuple[list[int], int]]:
+        """(text indices, packed tokens) of groups that share a prefix of at least half of each
+        member's tokens, packed within `max_length` tokens. Sorted by tokens, siblings are adjacent."""
+        groups: list[tuple[list[int], int]] = []
+        members: list[int] = []
+        shared = total = 0
+        for i in sorted(range(len(ids)), key=ids.__getitem__):
+            row = ids[i]
+            if members:
+                first = ids[members[0]]
+                common = 0
+                limit = min(shared, len(row) - 1)
+                while common < limit and first[common] == row[common]:
+                    common += 1
+                longest = max(len(row), max(len(ids[m]) for m in members))
+                packed = total + len(row) - len(members) * common
+                if 2 * common >= longest and packed <= self.max_length:
+                    members.append(i)
+                    shared, total = common, total + len(row)
+                    continue
+                groups.append((members, total - (len(members) - 1) * shared))
+            members, shared, total = [i], len(row) - 1, len(row)
+        groups.append((members, total - (len(members) - 1) * shared))
+        return groups
+
+    def _chunks(self, groups: list[tuple[list[int], int]]):
+        """Consecutive runs of the groups, longest first, of at most `max_batch_tokens` tokens."""
+        chunk: list[tuple[list[int], int]] = []
+        tokens = 0
+        for group in sorted(groups, key=lambda g: -g[1]):
+            if chunk and tokens + group[1] > self.max_batch_tokens:
                 yield chunk
-                chunk = []
-            chunk.append(i)
+                chunk, tokens = [], 0
+            chunk.append(group)
+            tokens += group[1]
         if chunk:
             yield chunk
