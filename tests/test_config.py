@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 import pytest
 
 from rstar_math.config import ConfigError, RunConfig, config_hash, load_config, preset_names
@@ -72,6 +75,19 @@ def test_a_composed_cap_of_one_is_an_error_naming_the_file_and_field(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"embedded\.max_composed_modules.*got -2"):
         load_config("default", overrides=["embedded.max_composed_modules=-2"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.dtype=fp32", r"model\.dtype: expected one of auto, float32, bfloat16, float16, got 'fp32'"),
+    ("embedded.dtype=float16", r"embedded\.dtype: expected one of auto, bfloat16, float32, got 'float16'"),
+    ("train.ppm.precision=bfloat16", r"train\.ppm\.precision: expected one of auto, bf16, fp32, got 'bfloat16'"),
+])
+def test_a_precision_outside_its_choices_fails_when_the_config_is_read(override, expected):
+    with pytest.raises(ConfigError, match=rf"default\.yaml \(with overrides {re.escape(override)}\): {expected}"):
+        load_config("default", overrides=[override])
+    name, value = override.split("=")
+    good = {"model.dtype": "float32", "embedded.dtype": "bfloat16", "train.ppm.precision": "bf16"}[name]
+    assert functools.reduce(getattr, name.split("."), load_config("default", overrides=[f"{name}={good}"])) == good
 
 
 def test_a_q_gap_outside_the_q_range_is_an_error_naming_the_field():

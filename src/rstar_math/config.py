@@ -35,12 +35,17 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the source and the key."""
 
 
+def _one_of(*choices: str, default: str):
+    """A string field that a config file may only set to one of `choices` (checked by `_build`)."""
+    return field(default=default, metadata={"choices": choices})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     base: str = "embedded"
     """Base policy checkpoint: a Hugging Face model directory (local or s3://), or `embedded`
     for the small model the bootstrap step trains from scratch."""
-    dtype: str = "auto"
+    dtype: str = _one_of("auto", "float32", "bfloat16", "float16", default="auto")
     """auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."""
     max_seq_len: int = 4096
     """Longest prompt + trajectory, in tokens."""
@@ -112,7 +117,7 @@ class EmbeddedConfig:
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
     far slower machine, not a schedule: the bootstrap took 24 minutes in fp32 on an AVX2-only CPU
     and 6 to 12 with native bf16, and a model cut short makes a weaker world."""
-    dtype: str = "auto"
+    dtype: str = _one_of("auto", "bfloat16", "float32", default="auto")
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
     faster, float32 elsewhere (emulated bf16 pre-trained 5.4x slower than float32)."""
     workers: int = 2
@@ -220,7 +225,7 @@ class TrainConfig:
     """Share of examples held out to report accuracy/loss every epoch."""
     group_by_length: bool = True
     """Batch examples of similar length together (the same examples per epoch, less padding)."""
-    precision: str = "auto"
+    precision: str = _one_of("auto", "bf16", "fp32", default="auto")
     """auto (bf16 autocast on a GPU and on a CPU with native bf16, where it trains small models
     ~1.3x faster; fp32 elsewhere: emulated bf16 is far slower), bf16 (autocast on any device)
     or fp32."""
@@ -356,6 +361,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()}
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and f.name in kwargs and kwargs[f.name] not in choices:
+            raise ConfigError(f"{where}.{f.name}: expected one of {', '.join(choices)}, got {kwargs[f.name]!r}")
     return cls(**kwargs)
 
 
@@ -421,7 +430,7 @@ def load_config(source: str | Path = "default", overrides: Sequence[str] = ()) -
     data, origin = _read_yaml(source)
     for text in overrides:
         data = _merge(data, parse_override(text))
-    return from_dict(data, origin)
+    return from_dict(data, f"{origin} (with overrides {', '.join(overrides)})" if overrides else str(origin))
 
 
 def preset_names() -> list[str]:
