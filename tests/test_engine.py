@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -64,6 +65,14 @@ def test_cached_decoding_matches_full_recomputation(random_engine):
     if eos in expected:
         expected = expected[: expected.index(eos)]
     assert completion.text == tokenizer.decode(expected)
+
+
+def test_decoding_passes_the_cache_under_the_installed_transformers_name(random_engine):
+    """transformers 5 renamed past_key_values to cache and warns on the old name (gone in 5.40)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        [[completion]] = random_engine.generate([PROMPT], SamplingParams(temperature=0, max_new_tokens=6))
+    assert completion.token_count > 0
 
 
 def test_n_samples_per_prompt_and_seeded_reproducibility(random_engine):

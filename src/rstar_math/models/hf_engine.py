@@ -17,6 +17,7 @@ retries it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Sequence
@@ -27,6 +28,17 @@ from rstar_math.models.checkpoint import load_causal_lm, resolve_device
 from rstar_math.models.engine import Completion, EngineStats, SamplingParams, truncate_at_stop
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _cache_name() -> str:
+    """What transformers calls the KV cache, as a forward argument and an output field: `cache`
+    from 5.x (where the old name warns, and goes in 5.40), `past_key_values` before."""
+    from dataclasses import fields
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if any(f.name == "cache" for f in fields(CausalLMOutputWithPast)) else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -143,7 +155,8 @@ class TransformersEngine:
 
         # Prefill once per prompt, then give each of the n samples its own copy of the cache.
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        cache = out.past_key_values
+        cache_name = _cache_name()
+        cache = getattr(out, cache_name)
         logits = out.logits[:, -1, :]
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -191,10 +204,10 @@ class TransformersEngine:
                 input_ids=tokens.unsqueeze(-1),
                 attention_mask=attention,
                 position_ids=last_pos.unsqueeze(-1),
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_name: cache},
             )
-            cache, logits = out.past_key_values, out.logits[:, -1, :]
+            cache, logits = getattr(out, cache_name), out.logits[:, -1, :]
 
         for row_index, (i, _) in enumerate(rows):
             outputs[i].append(finished[row_index])
