@@ -365,27 +365,22 @@ class PPMScorer:
         return [math.tanh(r / SQUASH_SCALE) for r in self.raw_scores(texts)]
 
     def _prefix_groups(self, ids: list[list[int]]) -> list[tuple[list[int], int]]:
-        """(text indices, packed tokens) of groups that share a prefix of at least half of each
+        """(text indices, packed tokens) of groups whose shared prefix is at least half of every
         member's tokens, packed within `max_length` tokens. Sorted by tokens, siblings are adjacent."""
         groups: list[tuple[list[int], int]] = []
         members: list[int] = []
-        shared = total = 0
+        shared = total = longest = 0
         for i in sorted(range(len(ids)), key=ids.__getitem__):
             row = ids[i]
             if members:
-                first = ids[members[0]]
-                common = 0
-                limit = min(shared, len(row) - 1)
-                while common < limit and first[common] == row[common]:
-                    common += 1
-                longest = max(len(row), max(len(ids[m]) for m in members))
+                common = min(shared, shared_prefix_length([ids[members[0]], row]))
                 packed = total + len(row) - len(members) * common
-                if 2 * common >= longest and packed <= self.max_length:
+                if 2 * common >= max(longest, len(row)) and packed <= self.max_length:
                     members.append(i)
-                    shared, total = common, total + len(row)
+                    shared, total, longest = common, total + len(row), max(longest, len(row))
                     continue
                 groups.append((members, total - (len(members) - 1) * shared))
-            members, shared, total = [i], len(row) - 1, len(row)
+            members, shared, total, longest = [i], len(row) - 1, len(row), len(row)
         groups.append((members, total - (len(members) - 1) * shared))
         return groups
 
