@@ -158,11 +158,11 @@ def test_scorer_gives_tanh_of_raw_over_five_in_input_order(ppm):
 
 def test_scorer_packs_siblings_behind_their_shared_trajectory(ppm):
     parent = PROMPT + GOOD + GOOD
-    texts = [parent + BAD, TEXTS[3], parent + GOOD, parent]  # three siblings-or-parent, one stranger
+    texts = [parent + BAD, TEXTS[3], parent + GOOD, parent]  # two children and their parent, one cousin
     scorer = PPMScorer(ppm)
     ids = encode_texts(ppm.tokenizer, texts, None)
     groups = {tuple(sorted(members)) for members, _ in scorer._prefix_groups(ids)}
-    assert groups == {(0, 2, 3), (1,)}, "the stranger shares only the prompt: less than half of it"
+    assert groups == {(0, 2, 3), (1,)}, "the cousin shares the prompt and one step: under half of a child"
     packed_tokens = sum(tokens for _, tokens in scorer._prefix_groups(ids))
     assert packed_tokens < sum(map(len, ids)) - len(ids[3])
     one_by_one = [scorer.raw_scores([t])[0] for t in texts]
