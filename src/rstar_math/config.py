@@ -35,6 +35,12 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the source and the key."""
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+"""TrainConfig.precision's choices."""
+PRETRAINING_DTYPES = ("auto", "bfloat16", "float32")
+"""EmbeddedConfig.dtype's choices."""
+
+
 def _one_of(*choices: str, default: str):
     """A string field that a config file may only set to one of `choices` (checked by `_build`)."""
     return field(default=default, metadata={"choices": choices})
@@ -117,7 +123,7 @@ class EmbeddedConfig:
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
     far slower machine, not a schedule: the bootstrap took 24 minutes in fp32 on an AVX2-only CPU
     and 6 to 12 with native bf16, and a model cut short makes a weaker world."""
-    dtype: str = _one_of("auto", "bfloat16", "float32", default="auto")
+    dtype: str = _one_of(*PRETRAINING_DTYPES, default="auto")
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
     faster, float32 elsewhere (emulated bf16 pre-trained 5.4x slower than float32)."""
     workers: int = 2
@@ -225,7 +231,7 @@ class TrainConfig:
     """Share of examples held out to report accuracy/loss every epoch."""
     group_by_length: bool = True
     """Batch examples of similar length together (the same examples per epoch, less padding)."""
-    precision: str = _one_of("auto", "bf16", "fp32", default="auto")
+    precision: str = _one_of(*PRECISIONS, default="auto")
     """auto (bf16 autocast on a GPU and on a CPU with native bf16, where it trains small models
     ~1.3x faster; fp32 elsewhere: emulated bf16 is far slower), bf16 (autocast on any device)
     or fp32."""

@@ -46,7 +46,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from rstar_math.config import EmbeddedConfig
+from rstar_math.config import PRETRAINING_DTYPES, EmbeddedConfig
 from rstar_math.data.generate import generate_problems
 from rstar_math.embedded.corpus import CorpusResult, InProcessExecutor, write_corpus
 from rstar_math.models.ppm import pad_batch
@@ -212,8 +212,8 @@ def _worker(rank: int, workers: int, init_file: str, model, tokenizer, encoded, 
 
 def pretraining_dtype(dtype: str) -> str:
     """EmbeddedConfig.dtype made concrete: auto is bfloat16 on a CPU with native bf16, else float32."""
-    if dtype not in ("auto", "bfloat16", "float32"):
-        raise ValueError(f"embedded.dtype must be auto, bfloat16 or float32, got {dtype!r}")
+    if dtype not in PRETRAINING_DTYPES:
+        raise ValueError(f"embedded.dtype must be one of {', '.join(PRETRAINING_DTYPES)}, got {dtype!r}")
     if dtype == "auto":
         return "bfloat16" if cpu_has_native_bf16() else "float32"
     return dtype

@@ -65,7 +65,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from rstar_math.config import TrainConfig
+from rstar_math.config import PRECISIONS, TrainConfig
 from rstar_math.models.checkpoint import resolve_device
 from rstar_math.store import is_s3, join, local_copy, store_for
 from rstar_math.store.s3server import free_port
@@ -369,9 +369,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         if device.type == "cpu":
             return cpu_has_native_bf16()
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision in ("bf16", "fp32"):
+    if precision in PRECISIONS:
         return precision == "bf16"
-    raise ValueError(f"train precision must be auto, bf16 or fp32, got {precision!r}")
+    raise ValueError(f"train precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def deepspeed_available() -> bool:
