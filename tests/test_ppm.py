@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -99,12 +100,21 @@ def test_shared_prefix_leaves_every_sequence_a_token_of_its_own():
     assert shared_prefix_length([(1, 2), (3, 4)]) == 0
 
 
+@contextlib.contextmanager
+def _attention(model: ProcessPreferenceModel, implementation: str):
+    """The shared module-scoped PPM under another attention implementation, for one block."""
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
+
+
 @pytest.fixture(params=["sdpa", "eager"])
 def attention(request, ppm):
-    saved = ppm.config._attn_implementation
-    ppm.config._attn_implementation = request.param
-    yield request.param
-    ppm.config._attn_implementation = saved
+    with _attention(ppm, request.param):
+        yield request.param
 
 
 def test_packed_groups_score_as_each_sequence_scored_alone(ppm, attention):
@@ -134,13 +144,8 @@ def test_packed_batch_needs_its_score_positions_and_a_masking_attention(ppm):
     batch = pack_shared_prefixes([ids], ppm.tokenizer.pad_token_id)
     with pytest.raises(ValueError, match="score_at"):
         ppm(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-    saved = ppm.config._attn_implementation
-    ppm.config._attn_implementation = "flash_attention_2"
-    try:
-        with pytest.raises(ValueError, match="flash_attention_2"):
-            ppm(**batch)
-    finally:
-        ppm.config._attn_implementation = saved
+    with _attention(ppm, "flash_attention_2"), pytest.raises(ValueError, match="flash_attention_2"):
+        ppm(**batch)
 
 
 def test_scorer_gives_tanh_of_raw_over_five_in_input_order(ppm):
