@@ -13,7 +13,16 @@ import torch
 
 from rstar_math.data.generate import generate_problems
 from rstar_math.config import ConfigError, EmbeddedConfig, load_config
-from rstar_math.embedded.bootstrap import bootstrap, check_step_cap, pretraining_dtype, seed_problems, step_lengths
+from rstar_math.embedded.bootstrap import (
+    bootstrap,
+    check_step_cap,
+    model_config,
+    pretrain,
+    pretraining_attention,
+    pretraining_dtype,
+    seed_problems,
+    step_lengths,
+)
 from rstar_math.embedded.corpus import (
     MODULES,
     InProcessExecutor,
@@ -224,6 +233,24 @@ def test_pretraining_dtype_is_bf16_only_where_the_cpu_has_it():
     assert pretraining_dtype("float32") == "float32" and pretraining_dtype("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="embedded.dtype"):
         pretraining_dtype("bf16")
+
+
+def test_pretraining_attention_is_a_speed_choice_only():
+    """Pre-training picks eager attention under bf16 and SDPA in float32 (each the faster there);
+    on the same batches, padded rows included, both train the same model."""
+    from transformers import Qwen2ForCausalLM
+
+    assert (pretraining_attention("bfloat16"), pretraining_attention("float32")) == ("eager", "sdpa")
+    world = dataclasses.replace(MINUSCULE, workers=1, max_steps=6, dtype="float32")
+    documents = write_corpus(seed_problems(world), misconception_rate=world.rates, seed=world.seed,
+                             executor=InProcessExecutor()).documents
+    tokenizer = train_tokenizer(documents, vocab_size=world.vocab_size)
+    losses = {}
+    for attention in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM._from_config(model_config(world, tokenizer), attn_implementation=attention)
+        losses[attention] = pretrain(model, tokenizer, documents, world)[3]
+    assert losses["sdpa"] == pytest.approx(losses["eager"], rel=1e-4)
 
 
 def test_misconception_rates_must_match_the_modules():

@@ -22,10 +22,11 @@ processor models: the last bits differ, and so does the model that comes out (RE
 
 Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast (dtype auto, on a
 CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means
-fp32) trains this model ~1.3x faster than fp32 and eager attention ~1.5x faster than SDPA;
-two forked workers (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps
-of 1536 padded tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.7k tokens/s and ~22
-minutes.
+fp32) trains this model ~1.3x faster than fp32, and eager attention ~1.5x faster than SDPA
+under it (in fp32 SDPA is the faster, ~1.12x: `pretraining_attention`); two forked workers
+(gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of 1536 padded
+tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.7k tokens/s and ~22 minutes with
+eager attention.
 """
 
 from __future__ import annotations
@@ -219,6 +220,13 @@ def pretraining_dtype(dtype: str) -> str:
     return dtype
 
 
+def pretraining_attention(dtype: str) -> str:
+    """The attention kernel pre-training runs fastest with at these shapes on a CPU, for a concrete
+    pretraining_dtype: eager under bf16 autocast (~1.5x SDPA's speed), SDPA in float32 (~1.12x
+    eager's). The saved config names neither: a loaded model gets transformers' default."""
+    return "eager" if dtype == "bfloat16" else "sdpa"
+
+
 def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig) -> tuple[int, int, float, list[float]]:
     """Train `model` in place; returns (steps, real tokens over all workers, seconds, mean loss per 50 steps).
 
@@ -332,8 +340,8 @@ def bootstrap(
     lengths = step_lengths(tokenizer, corpus.documents)
     if max_step_tokens is not None:
         check_step_cap(lengths, corpus.modules, max_step_tokens)
-    # Eager attention trains ~1.5x faster than SDPA at these shapes on CPU; the saved config keeps the default.
-    model = Qwen2ForCausalLM._from_config(model_config(config, tokenizer), attn_implementation="eager")
+    model = Qwen2ForCausalLM._from_config(model_config(config, tokenizer),
+                                          attn_implementation=pretraining_attention(pretraining_dtype(config.dtype)))
     parameters = sum(p.numel() for p in model.parameters())
     log.info("bootstrap: %.2fM parameters, vocabulary %d", parameters / 1e6, len(tokenizer))
     steps, tokens, seconds, losses = pretrain(model, tokenizer, corpus.documents, config)
