@@ -146,6 +146,9 @@ def test_corpus_is_reproducible_and_rates_are_respected(problems):
     assert 0.5 < share < 0.9
     clean = write_corpus(rows, misconception_rate={}, seed=5, executor=InProcessExecutor())
     assert set(clean.writers) == {"correct"}
+    # Cut into slices run by forked processes (320 problems: over 600 programs), the same corpus.
+    forked = write_corpus(rows, misconception_rate=rates, seed=5, executor=InProcessExecutor(workers=2))
+    assert forked == first
 
 
 def test_in_process_executor_prints_what_the_sandbox_prints(problems):

@@ -26,7 +26,7 @@ fp32) trains this model ~1.3x faster than fp32, and eager attention ~1.5x faster
 under it (in fp32 SDPA is the faster, ~1.12x: `pretraining_attention`); two forked workers
 (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of 1536 padded
 tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.7k tokens/s and ~22 minutes with
-eager attention.
+eager attention. The corpus's programs run in the same number of forked processes.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def bootstrap(
     torch.manual_seed(config.seed)
     started = time.monotonic()
     problems = seed_problems(config, exclude=exclude)
-    corpus = write_corpus(problems, misconception_rate=config.rates, seed=config.seed, executor=executor or InProcessExecutor())
+    corpus = write_corpus(problems, misconception_rate=config.rates, seed=config.seed, executor=executor or InProcessExecutor(config.workers))
     corpus_seconds = time.monotonic() - started
     log.info("bootstrap: %d documents in %.1fs", len(corpus.documents), corpus_seconds)
 
