@@ -23,10 +23,10 @@ processor models: the last bits differ, and so does the model that comes out (RE
 Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast (dtype auto, on a
 CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means
 fp32) trains this model ~1.3x faster than fp32, and eager attention ~1.5x faster than SDPA
-under it (in fp32 SDPA is the faster, ~1.12x: `pretraining_attention`); two forked workers
+under it (in fp32 SDPA is the faster, ~1.05x: `pretraining_attention`); two forked workers
 (gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of 1536 padded
-tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.7k tokens/s and ~22 minutes with
-eager attention. The corpus's programs run in the same number of forked processes.
+tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.8k tokens/s and ~22 minutes (the
+corpus before it, its programs in as many forked processes as workers, ~1.4 minutes).
 """
 
 from __future__ import annotations
@@ -222,8 +222,9 @@ def pretraining_dtype(dtype: str) -> str:
 
 def pretraining_attention(dtype: str) -> str:
     """The attention kernel pre-training runs fastest with at these shapes on a CPU, for a concrete
-    pretraining_dtype: eager under bf16 autocast (~1.5x SDPA's speed), SDPA in float32 (~1.12x
-    eager's). The saved config names neither: a loaded model gets transformers' default."""
+    pretraining_dtype: eager under bf16 autocast (~1.5x SDPA's speed), SDPA in float32 (~1.05x
+    eager's on the corpus's batches: benchmarks/bench_pretraining.py). The saved config names
+    neither: a loaded model gets transformers' default."""
     return "eager" if dtype == "bfloat16" else "sdpa"
 
 
