@@ -121,7 +121,7 @@ class EmbeddedConfig:
     embedded default")."""
     time_budget_s: float = 2400.0
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
-    far slower machine, not a schedule: the bootstrap took 24 minutes in fp32 on an AVX2-only CPU
+    far slower machine, not a schedule: the bootstrap took 23.6 minutes in fp32 on an AVX2-only CPU
     and 6 to 12 with native bf16, and a model cut short makes a weaker world."""
     dtype: str = _one_of(*PRETRAINING_DTYPES, default="auto")
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
