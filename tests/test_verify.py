@@ -39,7 +39,7 @@ def executor():
         yield pool
 
 
-def _artefacts(tmp_path, executor, table_edit=None):
+def _artefacts(tmp_path, executor, table_edit=None, policy=script):
     problems = pa.table({
         "problem_id": list(QUESTIONS),
         "question": [q for q, _ in QUESTIONS.values()],
@@ -48,7 +48,7 @@ def _artefacts(tmp_path, executor, table_edit=None):
         "level": pa.array([None, None], pa.int32()),
     })
     todo = [Problem(pid, q, a, 3) for pid, (q, a) in QUESTIONS.items()]
-    trees = list(run_search(todo, ScriptedEngine(script), executor, SearchSettings(candidates=3)))
+    trees = list(run_search(todo, ScriptedEngine(policy), executor, SearchSettings(candidates=3)))
     table = trees_table(sorted(trees, key=lambda t: t.problem_id))
     if table_edit:
         table = table_edit(table)
@@ -99,6 +99,23 @@ def test_the_answer_is_regraded_from_the_step_text(tmp_path, executor):
     problems, trees, _ = _artefacts(tmp_path, executor, lie)
     counts = verify(trees, problems, str(tmp_path / "verified"), sandbox=SandboxConfig(), context=CTX, executor=executor)
     assert counts.correct == 2 and counts.disagreements == 4
+
+
+def test_a_malformed_answer_step_has_no_answer_however_boxed(tmp_path, executor):
+    """A policy glitch seen in a default run: an answer step that opens a second <answer>. Search
+    parses it as an invalid step (reward -1); verify must not grade its boxed value as correct."""
+    def glitching(prompt: str) -> list[str]:
+        steps = script(prompt)
+        if steps[0].startswith("<answer>"):
+            return ["<answer>Therefore,\n" + steps[0], steps[0]]
+        return steps
+
+    problems, trees, _ = _artefacts(tmp_path, executor, policy=glitching)
+    counts = verify(trees, problems, str(tmp_path / "verified"), sandbox=SandboxConfig(), context=CTX, executor=executor)
+    assert counts.disagreements == 0 and counts.correct == 2
+    rows = read_artifact_table(str(tmp_path / "verified"), VERIFIED_TREES).to_pylist()
+    glitches = [r for r in rows if r["text"].startswith("<answer>Therefore")]  # one after each answer
+    assert len(glitches) == 4 and all(r["verdict"] == "wrong" and r["reward"] == -1.0 for r in glitches)
 
 
 def test_shards_merge_by_adding_counts():

@@ -5,7 +5,9 @@
 For each terminal, the trajectory is re-executed from scratch in the sandbox, step
 by step (each clean step's cumulative program, exactly as search ran it), and every
 step's output must come out as recorded; the final answer is re-extracted from the
-answer step's text and graded against the ground truth. Verdicts:
+answer step's text, parsed by the step grammar search uses (a malformed step, say one
+that opens a second <answer>, has no answer however boxed), and graded against the
+ground truth. Verdicts:
   correct       every step reproduced and the answer matches   -> reward +1
   wrong         the answer does not match, or there is none    -> reward -1
   exec_failure  a step failed or printed something else         -> reward -1
@@ -32,6 +34,7 @@ from rstar_math.sandbox import ExecRequest, ExecutorPool
 from rstar_math.search.tree import SearchTree, group_rows
 from rstar_math.stages.io import read_problem_set
 from rstar_math.stages.rollout import STATS_FILE as ROLLOUT_STATS_FILE
+from rstar_math.steps import StepKind, parse_step
 
 VERIFIED_FILE = "verified_trees.parquet"
 REPORT_FILE = "verify_report.json"
@@ -65,8 +68,15 @@ class _Check:
 
     tree: SearchTree
     terminal: int
+    answer: str
     requests: list[int]  # indices into the shared request list
     expected: list[str]
+
+
+def final_answer(step_text: str) -> str | None:
+    """The boxed answer of a well-formed answer step; None for any other step."""
+    step = parse_step(step_text)
+    return extract_boxed(step.answer_text) if step.kind is StepKind.ANSWER else None
 
 
 def _plan(trees: list[SearchTree]) -> tuple[list[_Check], list[ExecRequest]]:
@@ -75,9 +85,10 @@ def _plan(trees: list[SearchTree]) -> tuple[list[_Check], list[ExecRequest]]:
     checks = []
     for tree in trees:
         for terminal in tree.terminals():
-            if extract_boxed(tree.nodes[terminal].text) is None:
+            answer = final_answer(tree.nodes[terminal].text)
+            if answer is None:
                 continue  # no final answer: wrong without running anything
-            check = _Check(tree, terminal, [], [])
+            check = _Check(tree, terminal, answer, [], [])
             prefix: list[str] = []
             for i in tree.path(terminal)[1:]:
                 node = tree.nodes[i]
@@ -103,11 +114,10 @@ def verify_trees(trees: list[SearchTree], executor) -> tuple[list[dict], VerifyC
         reproduced = all(
             results[r].ok and results[r].stdout.strip("\n") == expected for r, expected in zip(check.requests, check.expected)
         )
-        answer = extract_boxed(check.tree.nodes[check.terminal].text)
         if not reproduced:
             verdicts[(check.tree.problem_id, check.terminal)] = "exec_failure"
         else:
-            correct = answers_match(answer, check.tree.ground_truth)
+            correct = answers_match(check.answer, check.tree.ground_truth)
             verdicts[(check.tree.problem_id, check.terminal)] = "correct" if correct else "wrong"
 
     rows: list[dict] = []
