@@ -25,21 +25,22 @@ import torch
 
 from rstar_math.config import PRETRAINING_DTYPES, EmbeddedConfig
 from rstar_math.embedded.bootstrap import (
-    _token_loss_sum,
     collate,
     length_batches,
     model_config,
     pretraining_attention,
     pretraining_dtype,
     seed_problems,
+    token_loss_sum,
 )
 from rstar_math.embedded.corpus import InProcessExecutor, write_corpus
 from rstar_math.models.tokenizer import train_tokenizer
 from rstar_math.steps import split_prompt
-from rstar_math.training.tasks import sft_encode
+from rstar_math.training.tasks import IGNORE_INDEX, sft_encode
 
 
-def step_seconds(attention: str, world: EmbeddedConfig, tokenizer, batches, dtype: str, warmup: int) -> tuple[float, int]:
+def step_seconds(attention: str, world: EmbeddedConfig, tokenizer, batches, dtype: str,
+                 warmup: int) -> tuple[float, int]:
     """(seconds per measured step, non-padding tokens per measured step) over `batches`."""
     from transformers import Qwen2ForCausalLM
 
@@ -53,7 +54,7 @@ def step_seconds(attention: str, world: EmbeddedConfig, tokenizer, batches, dtyp
         if i == warmup:
             tokens, started = 0, time.perf_counter()
         with autocast:
-            loss = _token_loss_sum(model, batch) / max(1, int((batch["labels"] != -100).sum()))
+            loss = token_loss_sum(model, batch) / max(1, int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

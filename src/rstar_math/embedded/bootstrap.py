@@ -132,7 +132,7 @@ def lr_at(step: int, config: EmbeddedConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over labelled tokens (the caller divides by the global count)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return F.cross_entropy(
@@ -165,7 +165,7 @@ def _train_rank(model, tokenizer, encoded, config: EmbeddedConfig, rank: int, wo
         if mine:
             batch = collate(mine, tokenizer.pad_token_id)
             with autocast:
-                loss = _token_loss_sum(model, batch) / max(count, 1)
+                loss = token_loss_sum(model, batch) / max(count, 1)
             loss.backward()
             tokens += int(batch["attention_mask"].sum())
         else:  # a batch of fewer rows than workers: this rank adds nothing, but joins the sum
@@ -333,7 +333,8 @@ def bootstrap(
     torch.manual_seed(config.seed)
     started = time.monotonic()
     problems = seed_problems(config, exclude=exclude)
-    corpus = write_corpus(problems, misconception_rate=config.rates, seed=config.seed, executor=executor or InProcessExecutor(config.workers))
+    executor = executor or InProcessExecutor(config.workers)
+    corpus = write_corpus(problems, misconception_rate=config.rates, seed=config.seed, executor=executor)
     corpus_seconds = time.monotonic() - started
     log.info("bootstrap: %d documents in %.1fs", len(corpus.documents), corpus_seconds)
 

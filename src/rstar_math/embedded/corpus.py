@@ -49,8 +49,8 @@ import contextlib
 import hashlib
 import io
 import logging
-import random
 import multiprocessing
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
