@@ -117,8 +117,8 @@ class EmbeddedConfig:
     max_steps: int = 5000
     """Copying names and values from the question into a later step is the last skill the model
     learns, and when it clicks varies with the processor's arithmetic: at 4000 steps one machine's
-    base model had learnt it and another's had not; at 5000 that one had too (README, "The
-    embedded default")."""
+    base model had learnt it and another's had not; at 5000 that one had too. At 2500 it had not,
+    and four rounds of search could not teach it (README, "The embedded default")."""
     time_budget_s: float = 2400.0
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
     far slower machine, not a schedule: the bootstrap took 23.6 minutes in fp32 on an AVX2-only CPU
