@@ -26,6 +26,7 @@ import torch
 from rstar_math.config import PRETRAINING_DTYPES, EmbeddedConfig
 from rstar_math.embedded.bootstrap import (
     collate,
+    encode_documents,
     length_batches,
     model_config,
     pretraining_attention,
@@ -35,8 +36,7 @@ from rstar_math.embedded.bootstrap import (
 )
 from rstar_math.embedded.corpus import InProcessExecutor, write_corpus
 from rstar_math.models.tokenizer import train_tokenizer
-from rstar_math.steps import split_prompt
-from rstar_math.training.tasks import IGNORE_INDEX, sft_encode
+from rstar_math.training.tasks import IGNORE_INDEX
 
 
 def step_seconds(attention: str, world: EmbeddedConfig, tokenizer, batches, dtype: str,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     documents = write_corpus(seed_problems(world), misconception_rate=world.rates, seed=world.seed,
                              executor=InProcessExecutor(world.workers)).documents
     tokenizer = train_tokenizer(documents, vocab_size=world.vocab_size)
-    encoded = [sft_encode(tokenizer, *split_prompt(d), world.max_seq_len) for d in documents]
+    encoded = encode_documents(tokenizer, documents, world.max_seq_len)
     order = length_batches([len(e.input_ids) for e in encoded], world.batch_tokens, random.Random(0))
     needed = args.warmup + args.steps
     if len(order) < needed:

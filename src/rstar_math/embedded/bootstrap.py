@@ -228,6 +228,12 @@ def pretraining_attention(dtype: str) -> str:
     return "eager" if dtype == "bfloat16" else "sdpa"
 
 
+def encode_documents(tokenizer, documents: Sequence[str], max_seq_len: int) -> list[EncodedExample]:
+    """Seed-corpus documents as pre-training examples, with the same label mask as SFT: the loss
+    is on the solution's steps, not the question or the output blocks."""
+    return [sft_encode(tokenizer, *split_prompt(d), max_seq_len) for d in documents]
+
+
 def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig) -> tuple[int, int, float, list[float]]:
     """Train `model` in place; returns (steps, real tokens over all workers, seconds, mean loss per 50 steps).
 
@@ -237,8 +243,7 @@ def pretrain(model, tokenizer, documents: Sequence[str], config: EmbeddedConfig)
     dtype = pretraining_dtype(config.dtype)
     log.info("bootstrap: pre-training in %s (embedded.dtype: %s)", dtype, config.dtype)
     config = replace(config, dtype=dtype)
-    # The same label mask as SFT: the loss is on the solution's steps, not the question or the outputs.
-    encoded = [sft_encode(tokenizer, *split_prompt(d), config.max_seq_len) for d in documents]
+    encoded = encode_documents(tokenizer, documents, config.max_seq_len)
     workers = config.workers if "fork" in mp.get_all_start_methods() else 1
     if workers == 1:
         results: queue.Queue = queue.Queue()
