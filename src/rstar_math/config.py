@@ -108,7 +108,10 @@ class EmbeddedConfig:
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 512
+    intermediate_size: int = 256
+    """The MLP's width (two hidden widths; 0.64M parameters in all). At 512 (1.04M) the
+    pre-training took 1.4x as long in fp32 and the rounds about 1.2x, and the model learnt the
+    world no better (README, "The embedded default")."""
     max_seq_len: int = 512
     batch_tokens: int = 1536
     """Padded tokens per optimiser step of the pre-training."""
@@ -121,8 +124,9 @@ class EmbeddedConfig:
     and four rounds of search could not teach it (README, "The embedded default")."""
     time_budget_s: float = 2400.0
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
-    far slower machine, not a schedule: the bootstrap took 23.6 minutes in fp32 on an AVX2-only CPU
-    and 6 to 12 with native bf16, and a model cut short makes a weaker world."""
+    far slower machine, not a schedule: the bootstrap took 17.3 minutes in fp32 on an AVX2-only CPU
+    (6 to 12 with native bf16 at the earlier MLP width of 512), and a model cut short makes a
+    weaker world."""
     dtype: str = _one_of(*PRETRAINING_DTYPES, default="auto")
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
     faster, float32 elsewhere (emulated bf16 pre-trained 5.4x slower than float32)."""
