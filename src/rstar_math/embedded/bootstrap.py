@@ -20,13 +20,14 @@ a slow machine: the run stops early with a warning, so the step count, not the c
 defines the result. Reproducible for a seed on one machine and thread count, not across
 processor models: the last bits differ, and so does the model that comes out (README).
 
-Speed, measured on a 2-core CPU with one thread per worker: bf16 autocast (dtype auto, on a
-CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and auto means
-fp32) trains this model ~1.3x faster than fp32, and eager attention ~1.5x faster than SDPA
-under it (in fp32 SDPA is the faster, ~1.05x: `pretraining_attention`); two forked workers
-(gloo all-reduce) together reach ~12k tokens/s, so the default (5000 steps of 1536 padded
-tokens) takes ~10 minutes; in fp32 on an AVX2-only CPU, ~5.8k tokens/s and ~22 minutes (the
-corpus before it, its programs in as many forked processes as workers, ~1.4 minutes).
+Speed, measured on a 2-core CPU with one thread per worker, for the default (5000 steps of
+1536 padded tokens): in fp32 on an AVX2-only CPU two forked workers (gloo all-reduce) together
+reach ~8.2k tokens/s, ~16 minutes (the corpus before it, its programs in as many forked
+processes as workers, ~1.4 minutes). Measured with the earlier MLP width of 512: bf16 autocast
+(dtype auto, on a CPU with native bf16; without it bf16 is emulated, 5.4x slower than fp32, and
+auto means fp32) trained ~1.3x faster than fp32, and eager attention ~1.5x faster than SDPA
+under it (in fp32 SDPA is the faster, ~1.05x: `pretraining_attention`), ~12k tokens/s, ~10
+minutes.
 """
 
 from __future__ import annotations
