@@ -126,7 +126,7 @@ class EmbeddedConfig:
     model's between 1500 and 2500 (README, "The embedded default")."""
     time_budget_s: float = 2400.0
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
-    far slower machine, not a schedule: the bootstrap took 17.3 minutes in fp32 on an AVX2-only CPU
+    far slower machine, not a schedule: the bootstrap took 17 minutes in fp32 on an AVX2-only CPU
     (6 to 12 with native bf16 at the earlier MLP width of 512), and a model cut short makes a
     weaker world."""
     dtype: str = _one_of(*PRETRAINING_DTYPES, default="auto")
