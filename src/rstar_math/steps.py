@@ -35,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from rstar_math.grading import extract_boxed
+
 QUESTION_START, QUESTION_END = "<question>", "<end_of_question>"
 CODE_START, STEP_END = "<code>", "<end_of_step>"
 OUTPUT_START, OUTPUT_END = "<output>", "<end_of_output>"
@@ -59,6 +61,12 @@ class Step:
     text: str  # normalised text as it enters the trajectory, end marker included
     code: str = ""  # CODE steps: the Python between the markers
     answer_text: str = ""  # ANSWER steps: the prose between the markers
+
+    @property
+    def answer(self) -> str | None:
+        """The boxed final answer of a well-formed ANSWER step; None for any other step, however
+        boxed (search, sampling and verify all grade this)."""
+        return extract_boxed(self.answer_text) if self.kind is StepKind.ANSWER else None
 
 
 def render_prompt(question: str) -> str:

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol, Sequence
 
-from rstar_math.grading import answers_match, extract_boxed
+from rstar_math.grading import answers_match
 from rstar_math.models.engine import Engine, SamplingParams
 from rstar_math.sandbox import ExecRequest, ExecResult, ExecStatus
 from rstar_math.search.tree import ROOT, SearchTree
@@ -266,8 +266,7 @@ def _add_child(candidate: _Candidate, settings: SearchSettings) -> int:
     if candidate.truncated or step.kind is StepKind.INVALID:
         return tree.add_child(parent, text=step.text, is_terminal=True, consecutive_errors=parent_node.consecutive_errors)
     if step.kind is StepKind.ANSWER:
-        answer = extract_boxed(step.answer_text)
-        return tree.add_child(parent, text=step.text, is_terminal=True, answer=answer)
+        return tree.add_child(parent, text=step.text, is_terminal=True, answer=step.answer)
     assert candidate.exec_result is not None
     status, output, is_error = code_step_outcome(candidate.exec_result)
     errors = parent_node.consecutive_errors + 1 if is_error else 0

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from rstar_math.grading import extract_boxed
 from rstar_math.models.engine import Engine, SamplingParams
 from rstar_math.sandbox import ExecRequest
 from rstar_math.search.mcts import Executor, Problem, SearchStats, code_step_outcome
@@ -70,7 +69,7 @@ def _advance(trajectory: Trajectory, completion, result, settings: SamplingSetti
         return
     if step.kind is StepKind.ANSWER:
         trajectory.steps.append((step.text, None))
-        trajectory.answer = extract_boxed(step.answer_text)
+        trajectory.answer = step.answer
         trajectory.end = "answered"
         return
     status, output, is_error = code_step_outcome(result)

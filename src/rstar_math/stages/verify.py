@@ -28,13 +28,13 @@ import pyarrow as pa
 from rstar_math.artifacts import ArtifactRef, open_artifact, write_artifact
 from rstar_math.config import SandboxConfig
 from rstar_math.data.schemas import TREES, VERIFIED_TREES, read_table, write_table
-from rstar_math.grading import answers_match, extract_boxed
+from rstar_math.grading import answers_match
 from rstar_math.lineage import RunContext
 from rstar_math.sandbox import ExecRequest, ExecutorPool
 from rstar_math.search.tree import SearchTree, group_rows
 from rstar_math.stages.io import read_problem_set
 from rstar_math.stages.rollout import STATS_FILE as ROLLOUT_STATS_FILE
-from rstar_math.steps import StepKind, parse_step
+from rstar_math.steps import parse_step
 
 VERIFIED_FILE = "verified_trees.parquet"
 REPORT_FILE = "verify_report.json"
@@ -73,19 +73,13 @@ class _Check:
     expected: list[str]
 
 
-def final_answer(step_text: str) -> str | None:
-    """The boxed answer of a well-formed answer step; None for any other step."""
-    step = parse_step(step_text)
-    return extract_boxed(step.answer_text) if step.kind is StepKind.ANSWER else None
-
-
 def _plan(trees: list[SearchTree]) -> tuple[list[_Check], list[ExecRequest]]:
     requests: list[ExecRequest] = []
     index: dict[ExecRequest, int] = {}  # identical programs (shared prefixes) run once
     checks = []
     for tree in trees:
         for terminal in tree.terminals():
-            answer = final_answer(tree.nodes[terminal].text)
+            answer = parse_step(tree.nodes[terminal].text).answer
             if answer is None:
                 continue  # no final answer: wrong without running anything
             check = _Check(tree, terminal, answer, [], [])
