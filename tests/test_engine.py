@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from rstar_math.models import kv_cache
 from rstar_math.models.engine import SamplingParams, truncate_at_stop
 from rstar_math.models.hf_engine import TransformersEngine
 from rstar_math.steps import STOP_STRINGS, render_prompt
@@ -51,14 +52,28 @@ def test_left_padding_does_not_change_greedy_output(memorized):
     assert batched[1][0].text == alone
 
 
-def test_cached_decoding_matches_full_recomputation(random_engine):
-    """Greedy tokens from the KV-cached loop equal argmax over a full forward at each step."""
+def test_rows_finishing_at_different_steps_decode_as_they_do_alone(memorized):
+    """Finished rows leave the batch in bulk (hf_engine.COMPACT_SHARE); until then they ride
+    along. Neither may change what the other rows generate."""
+    params = SamplingParams(temperature=0, max_new_tokens=48, stop=STOP_STRINGS)
+    prompts = [PROMPT] + [s.split("<output>")[0].rsplit("<code>", 1)[0] for s in SAMPLE_SOLUTIONS]
+    prompts += [render_prompt(q) for q in ("What is 7 + 1?", "Solve 2*x = 8 for x.", "hello")]
+    alone = [memorized.generate([p], params)[0][0] for p in prompts]
+    assert len({c.token_count for c in alone}) >= 3  # the rows really do finish at different steps
+    batched = memorized.generate(prompts, params)
+    assert [g[0] for g in batched] == alone
+
+
+def test_cached_decoding_matches_full_recomputation(random_engine, monkeypatch):
+    """Greedy tokens from the KV-cached loop equal argmax over a full forward at each step,
+    across the cache's growth (a small starting capacity makes it grow twice here)."""
+    monkeypatch.setattr(kv_cache, "MIN_CAPACITY", 8)
     model, tokenizer = random_engine.model, random_engine.tokenizer
-    [[completion]] = random_engine.generate([PROMPT], SamplingParams(temperature=0, max_new_tokens=10))
+    [[completion]] = random_engine.generate([PROMPT], SamplingParams(temperature=0, max_new_tokens=40))
     ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     expected = []
     with torch.no_grad():
-        for _ in range(10):
+        for _ in range(40):
             logits = model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
             expected.append(int(logits.argmax()))
     eos = tokenizer.eos_token_id

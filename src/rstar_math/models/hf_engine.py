@@ -6,9 +6,15 @@
 Why a decoding loop of our own instead of `model.generate`: search samples n
 siblings from one prompt, and their lengths differ a lot. Here each prompt is
 encoded once and its KV cache repeated n times (siblings share the prefix), and
-finished sequences leave the batch at once instead of being padded until the
-longest is done. Prompts are left-padded; stop strings end a sequence as soon
-as they appear in its decoded text.
+finished sequences leave the batch instead of being padded until the longest is
+done. Prompts are left-padded; stop strings end a sequence as soon as they appear
+in its decoded text.
+
+Two things keep a step cheap (kv_cache.py and COMPACT_SHARE): the cache grows in
+place instead of being copied at every token, and finished rows are dropped from
+it in bulk, once a quarter of the batch has finished, rather than one at a time
+(dropping a row copies the whole cache; carrying a finished row costs its share
+of a step).
 
 Batches adapt to memory: rows per forward are bounded by `max_batch_tokens`
 (rows x sequence length), and a CUDA out-of-memory error halves the chunk and
@@ -26,8 +32,12 @@ import torch
 
 from rstar_math.models.checkpoint import load_causal_lm, resolve_device
 from rstar_math.models.engine import Completion, EngineStats, SamplingParams, truncate_at_stop
+from rstar_math.models.kv_cache import growing_cache
 
 log = logging.getLogger(__name__)
+
+COMPACT_SHARE = 0.25
+"""Finished rows are dropped from the batch once they are this share of it."""
 
 
 @functools.cache
@@ -64,6 +74,9 @@ class TransformersEngine:
         self.max_seq_len = max_seq_len or getattr(model.config, "max_position_embeddings", 4096)
         self.max_batch_tokens = max_batch_tokens or self._default_batch_tokens()
         self.seed = seed
+        # What makes a decoding step cheap; benchmarks/bench_decoding.py swaps in transformers' defaults.
+        self.new_cache = growing_cache
+        self.compact_share = COMPACT_SHARE
         self.calls = 0
         self.stats = EngineStats()
         self._eos = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
@@ -154,8 +167,9 @@ class TransformersEngine:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
         # Prefill once per prompt, then give each of the n samples its own copy of the cache.
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
         cache_name = _cache_name()
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                         **{cache_name: self.new_cache(self.model.config)})
         cache = getattr(out, cache_name)
         logits = out.logits[:, -1, :]
         if n > 1:
@@ -164,41 +178,41 @@ class TransformersEngine:
             attention = attention.repeat_interleave(n, dim=0)
             positions = positions.repeat_interleave(n, dim=0)
         rows = [(i, s) for i in live for s in range(n)]  # (prompt index, sample index) per cache row
-        limit = torch.tensor([budget[i] for i, _ in rows], device=self.device)
+        limit = [budget[i] for i, _ in rows]
         generated: list[list[int]] = [[] for _ in rows]
-        active = torch.arange(len(rows), device=self.device)  # cache row -> index into `rows`
+        batch = list(range(len(rows)))  # cache row -> index into `rows`; finished rows linger until compaction
         last_pos = positions[:, -1]
-        triggers = self._stop_triggers(params.stop).to(self.device) if params.stop else None
+        triggers = self._stop_triggers(params.stop).tolist() if params.stop else None
         finished: dict[int, Completion] = {}
 
-        while active.numel():
+        while True:
             tokens = _sample(logits, params, generator)
-            token_list = tokens.tolist()
-            done_mask = []
-            for slot, (row_index, token) in enumerate(zip(active.tolist(), token_list)):
+            for row_index, token in zip(batch, tokens.tolist()):
+                if row_index in finished:
+                    continue
                 ids = generated[row_index]
                 ids.append(token)
-                reason = None
                 if token in self._eos:
                     ids.pop()  # the end-of-sequence token is not part of the text
-                    reason = "stop"
-                elif triggers is not None and bool(triggers[token]):
+                    finished[row_index] = Completion(self.tokenizer.decode(ids), len(ids) + 1, "stop")
+                    continue
+                if triggers is not None and triggers[token]:
                     text, hit = truncate_at_stop(self.tokenizer.decode(ids), params.stop)
                     if hit:
                         finished[row_index] = Completion(text, len(ids), "stop")
-                if reason is None and row_index not in finished and len(ids) >= int(limit[row_index]):
-                    reason = "length"
-                if reason is not None:
-                    finished[row_index] = Completion(self.tokenizer.decode(ids), len(ids) + (reason == "stop"), reason)
-                done_mask.append(row_index in finished)
-            keep = torch.tensor([not d for d in done_mask], device=self.device)
-            if not bool(keep.any()):
+                        continue
+                if len(ids) >= limit[row_index]:
+                    finished[row_index] = Completion(self.tokenizer.decode(ids), len(ids), "length")
+            done = [row_index in finished for row_index in batch]
+            if all(done):
                 break
-            if not bool(keep.all()):
-                kept = keep.nonzero().squeeze(-1)
-                cache.batch_select_indices(kept)
-                active, tokens, attention, last_pos = active[kept], tokens[kept], attention[kept], last_pos[kept]
-            attention = torch.cat([attention, torch.ones((attention.shape[0], 1), dtype=attention.dtype, device=self.device)], dim=1)
+            if any(done) and sum(done) >= self.compact_share * len(batch):
+                kept = [slot for slot, d in enumerate(done) if not d]
+                index = torch.tensor(kept, device=self.device)
+                cache.batch_select_indices(index)
+                batch = [batch[slot] for slot in kept]
+                tokens, attention, last_pos = tokens[index], attention[index], last_pos[index]
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
             last_pos = last_pos + 1
             out = self.model(
                 input_ids=tokens.unsqueeze(-1),
