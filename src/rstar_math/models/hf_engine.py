@@ -80,7 +80,7 @@ class TransformersEngine:
         self.calls = 0
         self.stats = EngineStats()
         self._eos = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
-        self._trigger_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._trigger_cache: dict[tuple[str, ...], list[bool]] = {}
 
     @classmethod
     def from_pretrained(cls, uri: str, *, device: str | None = None, dtype: str = "auto", **kwargs) -> "TransformersEngine":
@@ -96,8 +96,8 @@ class TransformersEngine:
             return max(4096, int(free / 3 / per_token))
         return 64 * 1024
 
-    def _stop_triggers(self, stop: tuple[str, ...]) -> torch.Tensor:
-        """Token ids after which a stop string may have just completed (cheap filter before decoding)."""
+    def _stop_triggers(self, stop: tuple[str, ...]) -> list[bool]:
+        """Per token id, whether a stop string may have just completed (cheap filter before decoding)."""
         if stop not in self._trigger_cache:
             last_chars = {s[-1] for s in stop}
             vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
@@ -106,7 +106,7 @@ class TransformersEngine:
                 for tok in vocab
             ]
             # Byte-level pieces that decode to nothing printable could end a multi-byte stop string.
-            self._trigger_cache[stop] = torch.tensor(flags, dtype=torch.bool)
+            self._trigger_cache[stop] = flags
         return self._trigger_cache[stop]
 
     # -- the protocol ------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class TransformersEngine:
         generated: list[list[int]] = [[] for _ in rows]
         batch = list(range(len(rows)))  # cache row -> index into `rows`; finished rows linger until compaction
         last_pos = positions[:, -1]
-        triggers = self._stop_triggers(params.stop).tolist() if params.stop else None
+        triggers = self._stop_triggers(params.stop) if params.stop else None
         finished: dict[int, Completion] = {}
 
         while True:
@@ -196,7 +196,7 @@ class TransformersEngine:
                     ids.pop()  # the end-of-sequence token is not part of the text
                     finished[row_index] = Completion(self.tokenizer.decode(ids), len(ids) + 1, "stop")
                     continue
-                if triggers is not None and triggers[token]:
+                if triggers is not None and (token >= len(triggers) or triggers[token]):
                     text, hit = truncate_at_stop(self.tokenizer.decode(ids), params.stop)
                     if hit:
                         finished[row_index] = Completion(text, len(ids), "stop")
