@@ -123,12 +123,12 @@ class EmbeddedConfig:
     steps one machine's base model had learnt it and another's had not; at 5000 that one had too.
     At 2500 it had not, and four rounds of search could not teach it. The 0.64M model's loss made
     its big drop (0.49 to 0.20-0.24) between steps 1000 and 1500 in both draws measured, the wider
-    model's between 1500 and 2500 (README, "The embedded default")."""
+    model's between 1500 and 2500, yet at 3000 steps the 0.64M model had not learnt the copying
+    either (docs/embedded-runs.md, "Shorter pre-training")."""
     time_budget_s: float = 2400.0
     """Stop pre-training early (with a warning) if it takes longer than this. A guard against a
     far slower machine, not a schedule: the bootstrap took 17 minutes in fp32 on an AVX2-only CPU
-    (6 to 12 with native bf16 at the earlier MLP width of 512), and a model cut short makes a
-    weaker world."""
+    and 9 with native bf16, and a model cut short makes a weaker world."""
     dtype: str = _one_of(*PRETRAINING_DTYPES, default="auto")
     """float32, bfloat16 (autocast) or auto: bfloat16 on a CPU with native bf16, where it is the
     faster, float32 elsewhere (emulated bf16 pre-trained 5.4x slower than float32)."""
