@@ -67,27 +67,20 @@ class GrowingLayer(DynamicLayer):
             self.length = max(0, self.length + tokens_to_remove)
             self._expose()
 
-    def _rebuild(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Fresh buffers holding `keys`/`values` (already cut to `length`), with room to grow as before."""
-        capacity = self._keys.shape[-2]
-        self._keys = self._values = None
-        held, self.length = self.length, 0
-        self._reserve(capacity, keys, values)
-        self._keys[:, :, :held] = keys
-        self._values[:, :, :held] = values
-        self.length = held
-        self._expose()
-
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.get_seq_length():
-            self._rebuild(self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0))
+        if self.get_seq_length():  # the buffers themselves: one copy, and the room to grow is kept
+            self._keys = self._keys.repeat_interleave(repeats, dim=0)
+            self._values = self._values.repeat_interleave(repeats, dim=0)
+            self._expose()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.get_seq_length():
-            self._rebuild(self.keys[indices], self.values[indices])
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._expose()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx.to(self._keys.device) if self._keys is not None else beam_idx)
+        if self.get_seq_length():
+            self.batch_select_indices(beam_idx.to(self._keys.device))
 
 
 def growing_cache(config) -> DynamicCache:
