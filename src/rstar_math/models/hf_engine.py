@@ -204,9 +204,10 @@ class TransformersEngine:
                 if len(ids) >= limit[row_index]:
                     finished[row_index] = Completion(self.tokenizer.decode(ids), len(ids), "length")
             done = [row_index in finished for row_index in batch]
-            if all(done):
+            finished_rows = sum(done)
+            if finished_rows == len(batch):
                 break
-            if any(done) and sum(done) >= self.compact_share * len(batch):
+            if finished_rows and finished_rows >= self.compact_share * len(batch):
                 kept = [slot for slot, d in enumerate(done) if not d]
                 index = torch.tensor(kept, device=self.device)
                 cache.batch_select_indices(index)
