@@ -29,7 +29,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from bench_search import Recording, bootstrap_model
+from bench_search import Recording, bootstrap_model, embedded_problems
 
 
 def replay(engine, calls) -> tuple[int, float]:
@@ -52,20 +52,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rstar_math.config import EmbeddedConfig
-    from rstar_math.data.generate import generate_problems
     from rstar_math.models.engine import SamplingParams
     from rstar_math.models.hf_engine import TransformersEngine
     from rstar_math.sandbox import ExecutorPool, SandboxLimits
-    from rstar_math.search.mcts import Problem, SearchSettings, run_search
+    from rstar_math.search.mcts import SearchSettings, run_search
     from rstar_math.steps import STOP_STRINGS, render_prompt
 
     model_dir = args.model or bootstrap_model(os.path.join(tempfile.mkdtemp(prefix="rstar-bench-"), "model"),
                                               args.bootstrap_steps)
     engine = TransformersEngine.from_pretrained(model_dir, device=args.device, dtype="auto")
-    modules = EmbeddedConfig().modules
-    table = generate_problems(modules, args.problems // len(modules) + 1, difficulty=0.2, seed=99)
-    problems = [Problem(r["problem_id"], r["question"], r["answer"], 4) for r in table.to_pylist()]
+    problems = embedded_problems(args.problems, rollouts=4)
     settings = SearchSettings(candidates=3, max_depth=6, temperature=1.0, max_step_tokens=144,
                               trees_in_flight=args.trees)
     recording = Recording(engine)

@@ -59,6 +59,17 @@ def bootstrap_model(path: str, steps: int) -> str:
     return path
 
 
+def embedded_problems(count: int, rollouts: int) -> list:
+    """At least `count` generated problems of the embedded world's modules, as search input."""
+    from rstar_math.config import EmbeddedConfig
+    from rstar_math.data.generate import generate_problems
+    from rstar_math.search.mcts import Problem
+
+    modules = EmbeddedConfig().modules
+    table = generate_problems(modules, count // len(modules) + 1, difficulty=0.2, seed=99)
+    return [Problem(r["problem_id"], r["question"], r["answer"], rollouts) for r in table.to_pylist()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="checkpoint directory (default: bootstrap a small embedded-world model)")
@@ -75,11 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rstar_math.data.generate import generate_problems
     from rstar_math.models.engine import SamplingParams
     from rstar_math.models.hf_engine import TransformersEngine
     from rstar_math.sandbox import ExecutorPool, SandboxLimits
-    from rstar_math.search.mcts import Problem, SearchSettings, SearchStats, run_search
+    from rstar_math.search.mcts import SearchSettings, SearchStats, run_search
 
     scratch = tempfile.mkdtemp(prefix="rstar-bench-")
     if args.model:
@@ -96,11 +106,7 @@ def main() -> None:
     engine = TransformersEngine.from_pretrained(model_dir, device=args.device, dtype="auto")
     parameters = sum(p.numel() for p in engine.model.parameters())
 
-    from rstar_math.config import EmbeddedConfig
-
-    modules = EmbeddedConfig().modules
-    table = generate_problems(modules, args.problems // len(modules) + 1, difficulty=0.2, seed=99)
-    problems = [Problem(r["problem_id"], r["question"], r["answer"], args.rollouts) for r in table.to_pylist()]
+    problems = embedded_problems(args.problems, args.rollouts)
     settings = SearchSettings(candidates=args.candidates, max_depth=6, temperature=0.9,
                               max_step_tokens=args.max_step_tokens, trees_in_flight=args.trees)
     recording = Recording(engine)
