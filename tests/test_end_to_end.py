@@ -65,6 +65,9 @@ def test_the_summary_reports_each_round_by_method_and_the_controls(smoke):
     measured = {(r["method"], r["metric"]) for r in rows if r["round"] == 2}
     # (A minuscule model solves little, so training may have had nothing to learn from: not asserted here.)
     assert {("search", "solved_share"), ("select", "sft_examples"), ("verify", "terminals"), ("search", "seconds")} <= measured
+    # what each way of finding data spent sampling, side by side
+    assert {("search", "generated_tokens"), ("control_rejection", "generated_tokens")} <= measured
+    assert "control_rejection.generated_tokens" in run.summary.split("Search, data and time per round", 1)[1]
     assert "all hashes verified" in run.summary
     # every round's methods and controls compared problem by problem (the controls keep their answers)
     compared = {(r["round"], r["method"]) for r in rows if r["metric"] == "paired_difference"}

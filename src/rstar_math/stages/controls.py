@@ -1,20 +1,24 @@
 """Training data for the two compute-matched controls each round is measured against.
 
   rejection  outcome-only data: the round's search policy samples N whole solutions per
-             problem (N = the round's rollout budget), and those with a correct final
-             answer are kept, up to `sft_per_problem` distinct solutions per problem
-             (data.selection.solution_key), whatever their steps;
+             problem (N = the round's rollout budget, raised until the samples have
+             generated about as many tokens as the round's search did), and those with a
+             correct final answer are kept, up to `sft_per_problem` distinct solutions per
+             problem (data.selection.solution_key), whatever their steps;
   continued  more of the seed corpus the base model was pre-trained on.
 
 Both are cut to exactly as many examples as the round's MCTS-selected SFT data (a
 seeded sample), and both are trained from the base model with the same settings,
-so the only difference from the round's policy is where the data came from. The
+so the only difference from the round's policy is where the data came from; the
+rejection control also spends what the search spent on generation, so a wider
+search (more candidates per expansion) does not win by sampling more. The
 control's data is kept as an artefact, so the comparison can be audited example by
 example; its policy is scratch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pyarrow as pa
@@ -25,10 +29,11 @@ from rstar_math.data.schemas import SFT_DATA, write_table
 from rstar_math.data.selection import solution_key
 from rstar_math.grading import answers_match
 from rstar_math.lineage import RunContext
-from rstar_math.search.mcts import Problem
+from rstar_math.search.mcts import Problem, SearchStats
 from rstar_math.search.sampling import SamplingSettings, sample_trajectories
-from rstar_math.stages.io import read_artifact_table, read_problem_set
+from rstar_math.stages.io import read_artifact_json, read_artifact_table, read_problem_set
 from rstar_math.stages.rollout import select_shard
+from rstar_math.stages.select import REPORT_FILE as SELECT_REPORT
 from rstar_math.steps import render_prompt
 
 DATA_FILE = "sft_data.parquet"
@@ -61,8 +66,9 @@ def rejection_sampled_data(
     context: RunContext,
     engine=None,
     executor=None,
-) -> int:
-    """Outcome-only SFT data of the same size as `match`; returns its number of examples."""
+) -> tuple[int, int]:
+    """Outcome-only SFT data of the same size as `match`; returns its number of examples and the
+    tokens its sampling generated (to set beside the search's)."""
     from rstar_math.models.factory import make_engine
     from rstar_math.sandbox import ExecutorPool
 
@@ -78,8 +84,16 @@ def rejection_sampled_data(
     engine = engine or make_engine(policy_ref.path or policy_ref.uri, config.model, seed=config.seed + 31 * round)
     own_pool = executor is None
     executor = executor or ExecutorPool.from_config(config.sandbox)
+    stats = SearchStats()
+    budget = search_tokens(match)
     try:
-        samples = sample_trajectories(todo, engine, executor, settings)
+        samples = sample_trajectories(todo, engine, executor, settings, stats=stats)
+        total = matched_samples(settings.n, stats.generated_tokens, budget)
+        if total > settings.n:
+            more = sample_trajectories(todo, engine, executor, dataclasses.replace(settings, n=total - settings.n),
+                                       stats=stats)
+            for problem_id, trajectories in more.items():
+                samples[problem_id] += trajectories
     finally:
         if own_pool:
             executor.close()
@@ -96,9 +110,26 @@ def rejection_sampled_data(
                          "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
             if len(seen) >= config.select.sft_per_problem:
                 break
-    return _write_data(out, _sized(kept, target, config.seed + round), control="rejection", round=round,
+    size = _write_data(out, _sized(kept, target, config.seed + round), control="rejection", round=round,
                        context=context, inputs={"problems": problems, "policy": policy, "matched_to": match},
-                       params={"samples_per_problem": settings.n, "target": target})
+                       params={"samples_per_problem": total, "target": target,
+                               "generated_tokens": stats.generated_tokens, "search_tokens": budget})
+    return size, stats.generated_tokens
+
+
+def matched_samples(n: int, spent: int, budget: int | None) -> int:
+    """Whole samples per problem that generate about `budget` tokens, given that `n` of them
+    generated `spent` (never fewer than `n`; `n` without a budget)."""
+    if not budget or not spent:
+        return n
+    return max(n, int(n * budget / spent + 0.5))
+
+
+def search_tokens(match: str | ArtifactRef) -> int | None:
+    """Tokens the round's search generated, from the selected data's report (None where the data
+    did not come from a search, e.g. a hand-made artefact)."""
+    tokens = read_artifact_json(match, SELECT_REPORT).get("verify", {}).get("search", {}).get("generated_tokens")
+    return int(tokens) if tokens else None
 
 
 def corpus_sample(
@@ -139,7 +170,6 @@ def run_control(
     and the per-problem answers (for paired comparisons with the round's policy) are named
     `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
     """
-    import dataclasses
     import tempfile
     from pathlib import Path
 
@@ -158,8 +188,9 @@ def run_control(
     if wanted:
         greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
         if kind == "rejection":
-            size = rejection_sampled_data(problems, search_policy, sft_data, data_out, config=config, round=round,
-                                          context=context)
+            size, tokens = rejection_sampled_data(problems, search_policy, sft_data, data_out, config=config,
+                                                  round=round, context=context)
+            rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "generated_tokens", float(tokens)))
         else:
             size = corpus_sample(seed_corpus, sft_data, data_out, seed=config.seed, round=round, context=context)
         with tempfile.TemporaryDirectory(prefix=f"rstar-control-{kind}-") as tmp:

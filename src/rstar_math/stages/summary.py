@@ -15,7 +15,6 @@ differences, an HTML report with plots) and audits the lineage of the final poli
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,18 +29,11 @@ from rstar_math.evaluation.metrics import MetricRow, per_source
 from rstar_math.evaluation.report import render_report
 from rstar_math.lineage import RunContext, audit
 from rstar_math.stages.evaluate import ANSWERS_FILE, METRICS_FILE, read_answers
+from rstar_math.stages.io import read_artifact_json
+from rstar_math.stages.select import REPORT_FILE as SELECT_REPORT
 
 HISTORY_FILE = "history.parquet"
 TRAINING_RESULT = "training_result.json"
-SELECT_REPORT = "select_report.json"
-
-
-def _read_json(ref: ArtifactRef | None, name: str) -> dict:
-    if ref is None:
-        return {}
-    with open_artifact(ref) as (path, _):
-        file = path / name
-        return json.loads(file.read_text()) if file.exists() else {}
 
 
 def _read_answers(ref: ArtifactRef) -> list[dict]:
@@ -110,8 +102,8 @@ def round_report(
         rows += _read_metrics(control, METRICS_FILE)
         answers += _read_answers(control)
     rows += [asdict(r) for r in comparison_rows(context.run_id, round, answers)]
-    stage = _stage_rows(context.run_id, round, _read_json(sft_data, SELECT_REPORT), _read_json(policy, TRAINING_RESULT),
-                        _read_json(ppm, TRAINING_RESULT))
+    stage = _stage_rows(context.run_id, round, read_artifact_json(sft_data, SELECT_REPORT),
+                        read_artifact_json(policy, TRAINING_RESULT), read_artifact_json(ppm, TRAINING_RESULT))
     rows += [asdict(r) for r in stage]
     table = pa.Table.from_pylist(rows, schema=METRICS.schema)
     inputs = {name: ref for name, ref in (("evaluation", evaluation), ("sft_data", sft_data), ("policy", policy),
@@ -186,8 +178,9 @@ def comparison_table(rows: list[dict], benchmark: str = "held_out") -> str:
 
 def _round_table(rows: list[dict]) -> str:
     """Search, data and PPM measurements per round."""
-    wanted = [("search", "solved_share"), ("select", "sft_examples"), ("select", "step_pairs"),
-              ("select", "final_pairs"), ("verify", "disagreements"), ("train_ppm", "ppm_pairwise_accuracy")]
+    wanted = [("search", "solved_share"), ("search", "generated_tokens"), ("control_rejection", "generated_tokens"),
+              ("select", "sft_examples"), ("select", "step_pairs"), ("select", "final_pairs"),
+              ("verify", "disagreements"), ("train_ppm", "ppm_pairwise_accuracy")]
     seconds = sorted({r["method"] for r in rows if r["metric"] == "seconds"})
     columns = [f"{m}.{k}" for m, k in wanted] + [f"{m} s" for m in seconds]
     cells: dict[tuple[int, str], float] = {}
@@ -199,7 +192,12 @@ def _round_table(rows: list[dict]) -> str:
     rounds = sorted({k[0] for k in cells})
     if not rounds:
         return ""
-    return _markdown("round", rounds, columns, lambda rnd, c: f"{cells[(rnd, c)]:.3g}" if (rnd, c) in cells else "-")
+    return _markdown("round", rounds, columns, lambda rnd, c: _number(cells[(rnd, c)]) if (rnd, c) in cells else "-")
+
+
+def _number(value: float) -> str:
+    """Counts in full (261,189 tokens, not 2.61e+05); shares and seconds to 3 significant digits."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def summarize(
