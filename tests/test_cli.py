@@ -58,7 +58,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 def test_config_prints_a_preset_with_overrides(capsys):
     assert main(["config", "paper", "--set", "rounds=2"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["rounds"] == 2 and printed["search"]["candidates"] == 8
+    assert printed["rounds"] == 2 and printed["search"]["candidates"] == [8]
 
 
 def test_s3_server_command_serves_until_interrupted(tmp_path):

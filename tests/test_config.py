@@ -22,7 +22,7 @@ def test_paper_preset_has_the_method_settings():
     assert [cfg.search.rollouts_for(r) for r in (1, 2, 3, 4)] == [8, 16, 16, 16]
     assert cfg.search.hard_rollouts_for(4) > cfg.search.rollouts_for(4)
     assert cfg.search.hard_rollouts_for(2) == 16  # 0 means "same as rollouts"
-    assert (cfg.search.candidates, cfg.search.c_uct, cfg.search.ppm_from_round) == (8, 2.0, 3)
+    assert (cfg.search.candidates, cfg.search.c_uct, cfg.search.ppm_from_round) == ((8,), 2.0, 3)
     policy = cfg.train.policy
     assert (policy.learning_rate, policy.epochs, policy.batch_size) == (7e-6, 2.0, 128)
     assert (cfg.select.sft_per_problem, cfg.select.ppm_positives, cfg.select.ppm_negatives) == (2, 2, 2)
@@ -36,11 +36,17 @@ def test_smoke_extends_default():
     assert smoke.search.rollouts_for(1) < default.search.rollouts_for(1)
 
 
+def test_candidates_are_per_round_and_the_last_repeats():
+    widening = load_config("default", ["search.candidates=[6, 3]"])
+    assert [widening.search.candidates_for(r) for r in (1, 2, 3, 4)] == [6, 3, 3, 3]
+    assert load_config("default", ["search.candidates=5"]).search.candidates_for(3) == 5  # one number: every round
+
+
 def test_user_file_extends_a_preset_and_overrides_win(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("extends: paper\nrounds: 2\nsearch:\n  candidates: 4\n")
     cfg = load_config(path, overrides=["search.candidates=6", "data.train=s3://b/p.jsonl"])
-    assert cfg.rounds == 2 and cfg.search.candidates == 6
+    assert cfg.rounds == 2 and cfg.search.candidates == (6,)
     assert cfg.search.max_depth == 16  # from the preset
     assert cfg.data.train == ("s3://b/p.jsonl",)
 

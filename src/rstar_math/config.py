@@ -168,8 +168,10 @@ class SearchConfig:
     """MCTS rollouts per problem, one entry per round (the last repeats)."""
     hard_rollouts: tuple[int, ...] = (0, 0, 0, 64)
     """Rollouts for problems still unsolved by the previous round, per round (0 = same as `rollouts`)."""
-    candidates: int = 8
-    """k: candidate next steps sampled per expansion."""
+    candidates: tuple[int, ...] = (8,)
+    """k: candidate next steps sampled per expansion, one entry per round (the last repeats; a
+    single number is every round's). Evaluation's MCTS uses the last entry in every round, so
+    its column measures the policies with one method."""
     max_depth: int = 16
     max_consecutive_errors: int = 2
     """A node after this many consecutive failing steps is terminal with reward -1."""
@@ -190,6 +192,9 @@ class SearchConfig:
 
     def hard_rollouts_for(self, round: int) -> int:
         return _per_round(self.hard_rollouts, round) or self.rollouts_for(round)
+
+    def candidates_for(self, round: int) -> int:
+        return _per_round(self.candidates, round)
 
 
 @dataclass(frozen=True)

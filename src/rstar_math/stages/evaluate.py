@@ -171,8 +171,9 @@ def evaluate_problems(
                 recorder.record("best_of_n_ppm", n, chosen, tokens)
 
     if "mcts_ppm" in methods:
-        settings = replace(search_settings(config, round, use_ppm=True), terminal_reward="ppm",
-                           temperature=config.evaluate.temperature)
+        # The later rounds' width in every round (and round 0), so the column measures policies, not widths.
+        settings = replace(search_settings(config, candidates=config.search.candidates[-1], use_ppm=True),
+                           terminal_reward="ppm", temperature=config.evaluate.temperature)
         for n in ns:
             stats = SearchStats()
             budgeted = [replace(p, rollouts=n) for p in problems]

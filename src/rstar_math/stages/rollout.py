@@ -82,10 +82,10 @@ def ppm_is_trained(ppm: str | ArtifactRef) -> bool:
     return json.loads(store.read_bytes(result_uri)).get("steps", 0) > 0
 
 
-def search_settings(config: RunConfig, round: int, *, use_ppm: bool) -> SearchSettings:
+def search_settings(config: RunConfig, *, candidates: int, use_ppm: bool) -> SearchSettings:
     s = config.search
     return SearchSettings(
-        candidates=s.candidates,
+        candidates=candidates,
         max_depth=s.max_depth,
         max_consecutive_errors=s.max_consecutive_errors,
         c_uct=s.c_uct,
@@ -171,7 +171,7 @@ def rollout(
         log.info("resuming shard %d: %d problems already searched, %d to go", shard, len(done), len(todo))
 
     use_ppm = ppm is not None and round >= config.search.ppm_from_round and ppm_is_trained(ppm)
-    settings = search_settings(config, round, use_ppm=use_ppm)
+    settings = search_settings(config, candidates=config.search.candidates_for(round), use_ppm=use_ppm)
     stats = SearchStats()
     new_tables: list[pa.Table] = []
     if todo:
