@@ -70,7 +70,7 @@ def test_wrong_type_is_an_error_naming_the_key(tmp_path):
 def test_an_unknown_control_is_an_error_naming_the_file_and_field(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("extends: default\nevaluate:\n  controls: [rejection, continude]\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*evaluate\.controls.*continude.*known: rejection, continued"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*evaluate\.controls.*continude.*known: rejection, outcome_loop, continued"):
         load_config(path)
 
 

@@ -119,6 +119,12 @@ def test_a_control_the_config_leaves_out_writes_no_rows_and_trains_nothing(probl
                        config=config, round=1, context=CTX)
     assert rows == [] and read_artifact_table(str(tmp_path / "continued"), METRICS).num_rows == 0
     assert read_artifact_table(str(tmp_path / "continued-data"), SFT_DATA).num_rows == 0
+    rows = run_control("outcome_loop", *args, str(tmp_path / "line"), str(tmp_path / "line-data"), config=config,
+                       round=1, context=CTX, policy_out=str(tmp_path / "line-policy"))
+    assert rows == [] and read_record(str(tmp_path / "line-policy")).params == {"trained": False}
+    with pytest.raises(ValueError, match="needed by, and only by, outcome_loop"):  # the line's policy goes on
+        run_control("outcome_loop", *args, str(tmp_path / "l2"), str(tmp_path / "l2-data"), config=config, round=1,
+                    context=CTX)
     with pytest.raises(ValueError, match="unknown control 'replay'"):
         run_control("replay", *args, str(tmp_path / "replay"), str(tmp_path / "replay-data"), config=config, round=1,
                     context=CTX)

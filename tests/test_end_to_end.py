@@ -1,7 +1,7 @@
 """The README's main command, end to end: the smoke preset of the self-evolution pipeline with kfp.local.
 
 Bootstrap of a minuscule embedded model, two rounds of sharded rollout and verify,
-select, PPM and policy training, both controls, evaluation and the run summary, all
+select, PPM and policy training, the three controls, evaluation and the run summary, all
 through the same pipeline definition that compiles for a cluster. A rerun with the
 same inputs must come entirely from the cache.
 """
@@ -44,11 +44,12 @@ def test_every_stage_of_every_round_runs(smoke):
     assert not run.failed
     stages = [_stage(task) for task in run.executed]
     assert {"prepare-problems", "prepare-base-model", "rollout", "verify", "select", "train-ppm", "train-policy",
-            "control", "evaluate", "evaluate-shard", "merge-evaluation", "summarize"} <= set(stages)
+            "control", "loop-control", "evaluate", "evaluate-shard", "merge-evaluation", "summarize"} <= set(stages)
     assert stages.count("rollout") == stages.count("verify") == 2 * 2  # two rounds, two shards each
     assert stages.count("train-policy") == 2 and stages.count("evaluate") == 1  # the base model, in one task
     assert stages.count("evaluate-shard") == 2 * 2 and stages.count("merge-evaluation") == 2  # rounds 1 and 2
     assert stages.count("control") == 2 * 2  # two rounds, rejection and continued side by side
+    assert stages.count("loop-control") == 2  # and the outcome-only line beside them
     assert "train-policy" in console and "summarize" in console  # one console line per task
 
 
@@ -57,7 +58,8 @@ def test_the_summary_reports_each_round_by_method_and_the_controls(smoke):
     table = run.summary.split("Held-out accuracy", 1)[1]
     for row in ("| 0 |", "| 1 |", "| 2 |"):
         assert row in table
-    for method in ("greedy", "majority_vote@2", "mcts_ppm@2", "control_rejection", "control_continued"):
+    for method in ("greedy", "majority_vote@2", "mcts_ppm@2", "control_rejection", "control_outcome_loop",
+                   "control_continued"):
         assert method in table
     rows = _history(root)
     rounds = {r["round"] for r in rows if r["benchmark"] == "held_out" and r["metric"] == "accuracy"}
@@ -66,14 +68,16 @@ def test_the_summary_reports_each_round_by_method_and_the_controls(smoke):
     # (A minuscule model solves little, so training may have had nothing to learn from: not asserted here.)
     assert {("search", "solved_share"), ("select", "sft_examples"), ("verify", "terminals"), ("search", "seconds")} <= measured
     # what each way of finding data spent sampling, side by side
-    assert {("search", "generated_tokens"), ("control_rejection", "generated_tokens")} <= measured
+    assert {("search", "generated_tokens"), ("control_rejection", "generated_tokens"),
+            ("control_outcome_loop", "generated_tokens")} <= measured
     assert "control_rejection.generated_tokens" in run.summary.split("Search, data and time per round", 1)[1]
     assert "all hashes verified" in run.summary
     # every round's methods and controls compared problem by problem (the controls keep their answers)
     compared = {(r["round"], r["method"]) for r in rows if r["metric"] == "paired_difference"}
     for rnd in (1, 2):
         assert {(rnd, "mcts_ppm@2 vs majority_vote@2"), (rnd, "mcts_ppm@2 vs greedy"),
-                (rnd, "greedy vs control_rejection"), (rnd, "greedy vs control_continued")} <= compared
+                (rnd, "greedy vs control_rejection"), (rnd, "greedy vs control_outcome_loop"),
+                (rnd, "greedy vs control_continued")} <= compared
     assert "greedy vs control_rejection" in run.summary.split("Paired differences", 1)[1]
     per_source = run.summary.split("Greedy accuracy (%) per source and round", 1)[1]
     for module in load_config("smoke").data.generator.modules:  # one held-out problem each
@@ -95,7 +99,7 @@ def test_the_controls_training_data_is_kept_and_traces_back_to_the_rounds_data(s
     root, _, _ = smoke
     records = [(path.parent, LineageRecord.from_json(path.read_text(), str(path))) for path in root.rglob(LINEAGE_FILE)]
     by_uri = {r.uri: (where, r) for where, r in records}
-    for kind in ("rejection", "continued"):
+    for kind in ("rejection", "outcome_loop", "continued"):
         ((data, record),) = [(where, r) for where, r in records
                              if r.stage == f"control_{kind}" and r.kind == "sft_data" and r.round == 2]
         (matched,) = [i.uri for i in record.inputs if i.role == "matched_to"]
@@ -106,6 +110,30 @@ def test_the_controls_training_data_is_kept_and_traces_back_to_the_rounds_data(s
         # Cut to the selected data's size; rejection sampling may find fewer on a minuscule model.
         assert control_rows == selected_rows if kind == "continued" else control_rows <= selected_rows
         assert audit(str(data)).ok
+
+
+def test_the_outcome_loop_samples_from_its_own_previous_policy(smoke):
+    """Round 2's outcome-only line samples from the policy its round 1 trained, not the search's."""
+    root, _, _ = smoke
+    records = [LineageRecord.from_json(path.read_text(), str(path)) for path in root.rglob(LINEAGE_FILE)]
+    by_uri = {r.uri: r for r in records}
+
+    def data(kind: str, round: int) -> LineageRecord:
+        (record,) = [r for r in records if r.stage == f"control_{kind}" and r.kind == "sft_data" and r.round == round]
+        return record
+
+    def sampled_from(record: LineageRecord) -> LineageRecord:
+        (policy,) = [i.uri for i in record.inputs if i.role == "policy"]
+        return by_uri[policy]
+
+    line_policy = sampled_from(data("outcome_loop", 2))
+    (trained_on,) = [i.uri for i in line_policy.inputs if i.role == "sft_data"]
+    assert (line_policy.kind, line_policy.stage, line_policy.round) == ("policy", "control_outcome_loop", 1)
+    assert by_uri[trained_on].uri == data("outcome_loop", 1).uri
+    search_policy = sampled_from(data("rejection", 2))
+    assert (search_policy.stage, search_policy.round) == ("train_policy", 1)
+    assert search_policy.uri != line_policy.uri
+    assert sampled_from(data("outcome_loop", 1)).stage == "bootstrap"  # round 1: the base model
 
 
 def test_a_rerun_with_the_same_inputs_comes_from_the_cache(smoke):

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rstar_math.config import CONTROLS
+from rstar_math.config import CONTROLS, LOOP_CONTROLS
 from rstar_math.orchestration.compile import COMPONENTS_DIR, PIPELINE_FILE, stale_files
 from rstar_math.orchestration.components import COMPONENTS
-from rstar_math.orchestration.pipeline import MAX_ROUNDS
+from rstar_math.orchestration.pipeline import MAX_ROUNDS, ROUND_CONTROLS
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_STAGES = ("rollout", "train-ppm", "train-policy", "control", "evaluate", "evaluate-shard", "prepare-base-model")
+GPU_STAGES = ("rollout", "train-ppm", "train-policy", "control", "loop-control", "evaluate", "evaluate-shard",
+              "prepare-base-model")
 DAG_COMPONENTS = ("comp-condition", "comp-for-loop", "comp-self-evolution", "comp-round-zero")  # not tasks of a stage
 CPU_STAGES = ("verify", "select", "merge-evaluation", "round-report", "summarize", "resolve-config", "prepare-problems")
 
@@ -71,7 +72,8 @@ def test_later_rounds_search_with_the_previous_rounds_policy_and_ppm(compiled):
     assert sorted(later) == sorted(previous_task)
     for name, task in later.items():
         artifacts = task["inputs"]["artifacts"]
-        for given, output in (("policy", "policy"), ("ppm", "ppm"), ("previous", "verified"), ("history", "history")):
+        for given, output in (("policy", "policy"), ("ppm", "ppm"), ("previous", "verified"), ("history", "history"),
+                              ("line_policy", "line_policy")):
             channel = artifacts[given]["componentInputArtifact"]
             assert channel == f"pipelinechannel--{previous_task[name]}-{output}", (name, given)
         assert artifacts["base_model"]["componentInputArtifact"].endswith("prepare-base-model-base_model")
@@ -101,12 +103,31 @@ def test_the_controls_run_side_by_side_and_the_round_report_collects_them(compil
     spec, _ = compiled
     loops = {name: it for name, (it, comps) in _loops(spec).items() if comps == {"comp-control"}}
     assert len(loops) == MAX_ROUNDS
-    assert all(json.loads(it["items"]["raw"]) == list(CONTROLS) for it in loops.values())
-    reports = [t for _, n, t in _tasks(spec) if n.startswith("round-report") and "controls" in t["inputs"]["artifacts"]]
+    assert all(json.loads(it["items"]["raw"]) == list(ROUND_CONTROLS) for it in loops.values())
+    assert sorted(ROUND_CONTROLS + LOOP_CONTROLS) == sorted(CONTROLS)
+    reports = {dag: t for dag, n, t in _tasks(spec) if n.startswith("round-report") and "controls" in t["inputs"]["artifacts"]}
     assert len(reports) == MAX_ROUNDS
-    for report in reports:
+    for dag, report in reports.items():
         producer = report["inputs"]["artifacts"]["controls"]["taskOutputArtifact"]["producerTask"]
         assert f"comp-{producer}" in loops
+        line = report["inputs"]["artifacts"]["loop_control"]["taskOutputArtifact"]
+        assert line == {"producerTask": "loop-control", "outputArtifactKey": "results"}, dag
+
+
+def test_the_loop_control_samples_from_its_own_previous_policy(compiled):
+    """Round 1's line starts from the base model; the round sub-pipeline hands its line's policy on."""
+    spec, _ = compiled
+    lines = {dag: t for dag, n, t in _tasks(spec) if n == "loop-control"}
+    assert sorted(lines) == ["comp-self-evolution-first-round"] + [f"comp-self-evolution-round{s}" for s in
+                                                                   ("", "-2", "-3")]
+    for dag, task in lines.items():
+        assert task["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"] == LOOP_CONTROLS[0]
+        source = task["inputs"]["artifacts"]["line_policy"]["componentInputArtifact"]
+        assert source == ("base_model" if dag.endswith("first-round") else "line_policy"), dag
+        out = spec["components"][dag]["outputDefinitions"]["artifacts"]["line_policy"]
+        assert out["artifactType"]["schemaTitle"] == "system.Model"
+        assert spec["components"][dag]["dag"]["outputs"]["artifacts"]["line_policy"]["artifactSelectors"] == [
+            {"producerSubtask": "loop-control", "outputArtifactKey": "policy"}]
 
 
 def test_evaluation_fans_out_over_shards_and_each_report_reads_the_merge(compiled):
@@ -161,7 +182,7 @@ def test_tasks_cache_and_retry(compiled):
             continue
         assert task["cachingOptions"]["enableCache"] is True, name
         retries = task["retryPolicy"]["maxRetryCount"]
-        assert retries == (2 if name.startswith(("rollout", "train-", "control", "prepare-base-model")) else 1), name
+        assert retries == (2 if name.startswith(("rollout", "train-", "control", "loop-control", "prepare-base-model")) else 1), name
 
 
 def test_the_ui_shows_readable_names_and_descriptions(compiled):
@@ -182,7 +203,7 @@ def test_pods_running_model_code_are_labelled_for_the_network_policy(compiled):
         assert k8s["securityContext"]["runAsNonRoot"] is True
         if labels.get("rstar-math.io/executes-model-code") == "true":
             labelled.add(_stage(name))
-    assert labelled == {"rollout", "verify", "evaluate", "evaluate-shard", "control"}
+    assert labelled == {"rollout", "verify", "evaluate", "evaluate-shard", "control", "loop-control"}
 
 
 @pytest.fixture(scope="module")

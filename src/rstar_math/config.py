@@ -265,7 +265,9 @@ class EvalConfig:
     """Cap per benchmark (0 = all)."""
     controls: tuple[str, ...] = ()
     """Compute-matched controls trained and evaluated every round: `rejection` (outcome-only
-    data from the same policy) and `continued` (more seed corpus; embedded default only)."""
+    data from the round's search policy), `outcome_loop` (outcome-only self-training carried
+    from round to round on its own policies) and `continued` (more seed corpus; embedded
+    default only). See stages/controls.py."""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -274,8 +276,10 @@ class EvalConfig:
                               f"(known: {', '.join(CONTROLS)})")
 
 
-CONTROLS = ("rejection", "continued")
+CONTROLS = ("rejection", "outcome_loop", "continued")
 """Every control the pipeline knows (one task each per round, side by side)."""
+LOOP_CONTROLS = ("outcome_loop",)
+"""Controls whose policy goes on to their next round (the pipeline carries it like the round's policy)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ COMPARISONS = (
     ("mcts_ppm", "majority_vote"),
     ("mcts_ppm", "greedy"),
     ("greedy", "control_rejection"),
+    ("greedy", "control_outcome_loop"),
     ("greedy", "control_continued"),
 )
 """(first, second) method pairs; methods with an N are compared at equal N (greedy has none)."""

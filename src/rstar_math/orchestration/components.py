@@ -165,13 +165,36 @@ def control(
     results: Output[Dataset],
     control_data: Output[Dataset],
 ):
-    """A compute-matched control (rejection: outcome-only data; continued: seed corpus), of the SFT data's size, trained and evaluated."""
+    """A compute-matched control (rejection: outcome-only data from the search policy; continued: seed corpus), of the SFT data's size, trained and evaluated."""
     from rstar_math.orchestration.glue import ref, setup
     from rstar_math.stages.controls import run_control
 
     config, context = setup(config_yaml)
     run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(search_policy), ref(seed_corpus),
                 ref(sft_data), ref(results), ref(control_data), config=config, round=round, context=context)
+
+
+@component(base_image=TRAIN_IMAGE)
+def loop_control(
+    config_yaml: str,
+    round: int,
+    kind: str,
+    problems: Input[Dataset],
+    held_out: Input[Dataset],
+    base_model: Input[Model],
+    line_policy: Input[Model],
+    sft_data: Input[Dataset],
+    results: Output[Dataset],
+    control_data: Output[Dataset],
+    policy: Output[Model],
+):
+    """A control with a line of its own (outcome_loop: outcome-only self-training), sampling from its previous round's policy; its policy goes on to the next round."""
+    from rstar_math.orchestration.glue import ref, setup
+    from rstar_math.stages.controls import run_control
+
+    config, context = setup(config_yaml)
+    run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(line_policy), None, ref(sft_data),
+                ref(results), ref(control_data), config=config, round=round, context=context, policy_out=ref(policy))
 
 
 @component(base_image=GPU_IMAGE)
@@ -245,6 +268,7 @@ def round_report(
     policy: Input[Model] = None,
     ppm: Input[Model] = None,
     controls: Input[List[Dataset]] = None,
+    loop_control: Input[Dataset] = None,
     previous_history: Input[Dataset] = None,
 ):
     """The run's metrics so far plus this round's: accuracy, solved share, PPM accuracy, data sizes, stage times."""
@@ -255,7 +279,8 @@ def round_report(
     optional = {name: ref(a) if a is not None else None for name, a in
                 (("sft_data", sft_data), ("policy", policy), ("ppm", ppm), ("previous", previous_history))}
     round_report(round, ref(evaluation), ref(history), context=context,
-                 controls=[ref(a) for a in controls or ()], **optional)
+                 controls=[ref(a) for a in (*(controls or ()), *([loop_control] if loop_control else ()))],
+                 **optional)
 
 
 @component(base_image=CPU_IMAGE)
@@ -324,6 +349,7 @@ COMPONENTS = {
     "train_ppm": train_ppm,
     "train_policy": train_policy,
     "control": control,
+    "loop_control": loop_control,
     "evaluate": evaluate,
     "evaluate_shard": evaluate_shard,
     "merge_evaluation": merge_evaluation,

@@ -10,11 +10,14 @@ Shape (what the Kubeflow UI shows):
       select (merges the shards' verified trees; CPU)
       train-ppm (GPU) from the round's search policy; train-policy (GPU) from the base model
       ParallelFor control: rejection, continued (GPU; compute-matched baselines, when configured)
+      loop-control: outcome_loop (GPU; a baseline with its own line of policies, carried like the
+      round's policy)
       ParallelFor shard: evaluate (GPU), then merge-evaluation (CPU) -> round-report (CPU, the run's
       metrics so far)
   summarize (after the last round): per-round accuracy by method, data sizes, stage
   times, and the lineage of the final policy and PPM.
-Round r searches with round r-1's policy and PPM (PPM-guided from search.ppm_from_round).
+Round r searches with round r-1's policy and PPM (PPM-guided from search.ppm_from_round);
+the outcome_loop control samples from its own round r-1 policy.
 Rounds are nested conditions on the `rounds` parameter, so one compiled pipeline runs
 1 to MAX_ROUNDS rounds.
 
@@ -33,7 +36,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
-from rstar_math.config import CONTROLS
+from rstar_math.config import CONTROLS, LOOP_CONTROLS
 from rstar_math.orchestration import components as c
 
 MAX_ROUNDS = 4
@@ -47,8 +50,10 @@ RETRIES = {"rollout": 2, "train": 2, "default": 1}
 PART_OF = ("app.kubernetes.io/part-of", "rstar-math")
 STAGE_LABEL = "rstar-math.io/stage"
 MODEL_CODE_LABEL = ("rstar-math.io/executes-model-code", "true")
-MODEL_CODE_STAGES = frozenset({"rollout", "verify", "evaluate", "evaluate-base-model", "control"})
+MODEL_CODE_STAGES = frozenset({"rollout", "verify", "evaluate", "evaluate-base-model", "control", "loop-control"})
 NON_ROOT_UID = 1000
+ROUND_CONTROLS = tuple(kind for kind in CONTROLS if kind not in LOOP_CONTROLS)
+(LOOP_CONTROL,) = LOOP_CONTROLS  # the round sub-pipelines carry one control line
 
 
 class Placement(NamedTuple):
@@ -107,9 +112,11 @@ class RoundOutputs(NamedTuple):
     ppm: Model
     verified: Dataset
     history: Dataset
+    line_policy: Model
+    """The loop control's policy of this round."""
 
 
-def _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, seed_corpus, history,
+def _round(config_yaml, round, shard_ids, base_model, policy, line_policy, train, held_out, seed_corpus, history,
            p: Placement, ppm=None, previous=None) -> RoundOutputs:
     """The tasks of one round; `ppm` and `previous` are absent in round 1."""
     with dsl.ParallelFor(shard_ids, name="shards") as shard:
@@ -129,11 +136,14 @@ def _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, s
            retries=RETRIES["train"])
     # One task per known control, side by side (a kind the config leaves out writes no rows):
     # a constant list, because kfp.local cannot collect from a loop over an empty one.
-    with dsl.ParallelFor(list(CONTROLS), name="controls") as kind:
+    with dsl.ParallelFor(list(ROUND_CONTROLS), name="controls") as kind:
         control = c.control(config_yaml=config_yaml, round=round, kind=kind, problems=train, held_out=held_out,
                             base_model=base_model, search_policy=policy, seed_corpus=seed_corpus,
                             sft_data=chosen.outputs["sft_data"])
         on_gpu(control, "control", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
+    line = c.loop_control(config_yaml=config_yaml, round=round, kind=LOOP_CONTROL, problems=train, held_out=held_out,
+                          base_model=base_model, line_policy=line_policy, sft_data=chosen.outputs["sft_data"])
+    on_gpu(line, "loop-control", p, image=p.train_image, gpus=p.train_gpus, retries=RETRIES["train"])
     # Evaluation fans out over the same shards as the search and is merged into one metrics artefact.
     with dsl.ParallelFor(shard_ids, name="evaluation-shards") as shard:
         part = c.evaluate_shard(config_yaml=config_yaml, round=round, shard=shard, policy=policy_task.outputs["policy"],
@@ -144,10 +154,10 @@ def _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, s
     report = c.round_report(config_yaml=config_yaml, round=round, evaluation=evaluation.outputs["evaluation"],
                             sft_data=chosen.outputs["sft_data"], policy=policy_task.outputs["policy"],
                             ppm=ppm_task.outputs["ppm"], controls=dsl.Collected(control.outputs["results"]),
-                            previous_history=history)
+                            loop_control=line.outputs["results"], previous_history=history)
     on_cpu(report, "round-report", p, cpu="1", memory="2G")
     return RoundOutputs(policy_task.outputs["policy"], ppm_task.outputs["ppm"], chosen.outputs["verified"],
-                        report.outputs["history"])
+                        report.outputs["history"], line.outputs["policy"])
 
 
 # Sub-pipelines take the placement as parameters of their own: a pipeline parameter does not
@@ -161,20 +171,21 @@ def first_round(config_yaml: str, round: int, shard_ids: list, base_model: Model
                 s3_config_map: str) -> RoundOutputs:
     p = Placement(cpu_image, gpu_image, train_image, accelerator_type, rollout_gpus, train_gpus, gpu_node_selector,
                   gpu_tolerations, cpu_node_selector, cpu_tolerations, s3_secret, s3_config_map)
-    return _round(config_yaml, round, shard_ids, base_model, base_model, train, held_out, seed_corpus, history, p)
+    return _round(config_yaml, round, shard_ids, base_model, base_model, base_model, train, held_out, seed_corpus,
+                  history, p)
 
 
 @dsl.pipeline(name="self-evolution-round",
               description="A later round: MCTS with the previous round's policy and PPM, then this round's PPM and policy.")
 def later_round(config_yaml: str, round: int, shard_ids: list, base_model: Model, policy: Model, ppm: Model,
-                previous: Dataset, train: Dataset, held_out: Dataset, seed_corpus: Dataset, history: Dataset,
+                previous: Dataset, line_policy: Model, train: Dataset, held_out: Dataset, seed_corpus: Dataset, history: Dataset,
                 cpu_image: str, gpu_image: str, train_image: str, accelerator_type: str, rollout_gpus: int,
                 train_gpus: int, gpu_node_selector: dict, gpu_tolerations: list, cpu_node_selector: dict,
                 cpu_tolerations: list, s3_secret: str, s3_config_map: str) -> RoundOutputs:
     p = Placement(cpu_image, gpu_image, train_image, accelerator_type, rollout_gpus, train_gpus, gpu_node_selector,
                   gpu_tolerations, cpu_node_selector, cpu_tolerations, s3_secret, s3_config_map)
-    return _round(config_yaml, round, shard_ids, base_model, policy, train, held_out, seed_corpus, history, p,
-                  ppm=ppm, previous=previous)
+    return _round(config_yaml, round, shard_ids, base_model, policy, line_policy, train, held_out, seed_corpus,
+                  history, p, ppm=ppm, previous=previous)
 
 
 class Start(NamedTuple):
@@ -197,10 +208,11 @@ def _evolve(*, rounds, config_yaml, shard_ids, base_model, train, held_out, seed
                           held_out=held_out, seed_corpus=seed_corpus, **placement)
             if state is not None:
                 step = later_round(policy=state.outputs["policy"], ppm=state.outputs["ppm"],
-                                   previous=state.outputs["verified"], history=state.outputs["history"], **common)
-            elif start is not None:
-                step = later_round(policy=start.policy, ppm=start.ppm, previous=start.previous, history=history,
-                                   **common)
+                                   previous=state.outputs["verified"], line_policy=state.outputs["line_policy"],
+                                   history=state.outputs["history"], **common)
+            elif start is not None:  # the control line starts where the run does
+                step = later_round(policy=start.policy, ppm=start.ppm, previous=start.previous,
+                                   line_policy=start.policy, history=history, **common)
             else:
                 step = first_round(history=history, **common)
             step.set_display_name(f"round {r}")

@@ -1,19 +1,25 @@
-"""Training data for the two compute-matched controls each round is measured against.
+"""Training data for the compute-matched controls each round is measured against.
 
-  rejection  outcome-only data: the round's search policy samples N whole solutions per
-             problem (N = the round's rollout budget, raised until the samples have
-             generated about as many tokens as the round's search did), and those with a
-             correct final answer are kept, up to `sft_per_problem` distinct solutions per
-             problem (data.selection.solution_key), whatever their steps;
-  continued  more of the seed corpus the base model was pre-trained on.
+  rejection     outcome-only data: the round's search policy samples N whole solutions per
+                problem (N = the round's rollout budget, raised until the samples have
+                generated about as many tokens as the round's search did), and those with a
+                correct final answer are kept, up to `sft_per_problem` distinct solutions per
+                problem (data.selection.solution_key), whatever their steps;
+  outcome_loop  the same recipe as a loop of its own: round r samples from the line's round
+                r-1 policy (the model the run starts from in round 1) instead of the search's,
+                so round r's control is what outcome-only self-training, with no tree and no
+                PPM, reaches after r rounds at the same cost; its policy goes on to its next
+                round (the pipeline carries it like the round's policy);
+  continued     more of the seed corpus the base model was pre-trained on.
 
-Both are cut to exactly as many examples as the round's MCTS-selected SFT data (a
-seeded sample), and both are trained from the base model with the same settings,
+All are cut to exactly as many examples as the round's MCTS-selected SFT data (a
+seeded sample), and all are trained from the base model with the same settings,
 so the only difference from the round's policy is where the data came from; the
-rejection control also spends what the search spent on generation, so a wider
-search (more candidates per expansion) does not win by sampling more. The
-control's data is kept as an artefact, so the comparison can be audited example by
-example; its policy is scratch.
+sampled controls also spend what the search spent on generation, so a wider
+search (more candidates per expansion) does not win by sampling more. Round 1's
+rejection and outcome_loop controls sample from the same model, so they are the
+same control there. A control's data is kept as an artefact, so the comparison can
+be audited example by example; its policy is scratch, except outcome_loop's.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import random
 import pyarrow as pa
 
 from rstar_math.artifacts import ArtifactRef, write_artifact
-from rstar_math.config import CONTROLS, RunConfig
+from rstar_math.config import CONTROLS, LOOP_CONTROLS, RunConfig
 from rstar_math.data.schemas import SFT_DATA, write_table
 from rstar_math.data.selection import solution_key
 from rstar_math.grading import answers_match
@@ -64,11 +70,12 @@ def rejection_sampled_data(
     config: RunConfig,
     round: int,
     context: RunContext,
+    control: str = "rejection",
     engine=None,
     executor=None,
 ) -> tuple[int, int]:
-    """Outcome-only SFT data of the same size as `match`; returns its number of examples and the
-    tokens its sampling generated (to set beside the search's)."""
+    """Outcome-only SFT data sampled from `policy`, of the same size as `match`; returns its
+    number of examples and the tokens its sampling generated (to set beside the search's)."""
     from rstar_math.models.factory import make_engine
     from rstar_math.sandbox import ExecutorPool
 
@@ -110,7 +117,7 @@ def rejection_sampled_data(
                          "completion": trajectory.completion, "avg_q": 0.0, "source": sources[problem.problem_id]})
             if len(seen) >= config.select.sft_per_problem:
                 break
-    size = _write_data(out, _sized(kept, target, config.seed + round), control="rejection", round=round,
+    size = _write_data(out, _sized(kept, target, config.seed + round), control=control, round=round,
                        context=context, inputs={"problems": problems, "policy": policy, "matched_to": match},
                        params={"samples_per_problem": total, "target": target,
                                "generated_tokens": stats.generated_tokens, "search_tokens": budget})
@@ -153,8 +160,8 @@ def run_control(
     problems: str | ArtifactRef,
     held_out: str | ArtifactRef,
     base_model: str | ArtifactRef,
-    search_policy: str | ArtifactRef,
-    seed_corpus: str | ArtifactRef,
+    sampling_policy: str | ArtifactRef,
+    seed_corpus: str | ArtifactRef | None,
     sft_data: str | ArtifactRef,
     out: str | ArtifactRef,
     data_out: str | ArtifactRef,
@@ -162,13 +169,17 @@ def run_control(
     config: RunConfig,
     round: int,
     context: RunContext,
+    policy_out: str | ArtifactRef | None = None,
 ) -> list:
     """Build, train (from the base model, like the round's policy) and evaluate (greedy) one control.
 
-    The pipeline runs one task per kind in config.CONTROLS, side by side; a kind the config does
-    not ask for (or `continued` without a seed corpus) writes no rows and empty data. Metric rows
-    and the per-problem answers (for paired comparisons with the round's policy) are named
-    `control_<kind>`; the training data goes to `data_out`, the policy is scratch.
+    `sampling_policy` is what the sampled controls sample from: the round's search policy for
+    `rejection`, the line's previous policy for `outcome_loop`. A kind the config does not ask
+    for (or `continued` without a seed corpus) writes no rows and empty data. Metric rows and
+    the per-problem answers (for paired comparisons with the round's policy) are named
+    `control_<kind>`; the training data goes to `data_out`; the policy is scratch, except for a
+    kind in LOOP_CONTROLS, whose policy goes to `policy_out` (a model artefact marked untrained
+    when the config does not ask for the kind).
     """
     import tempfile
     from pathlib import Path
@@ -180,22 +191,27 @@ def run_control(
 
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r} (known: {', '.join(CONTROLS)})")
+    if (kind in LOOP_CONTROLS) != (policy_out is not None):
+        raise ValueError(f"control {kind!r}: a policy_out is needed by, and only by, {', '.join(LOOP_CONTROLS)}")
     rows: list[MetricRow] = []
     answers: list[dict] = []
     wanted = kind in config.evaluate.controls
-    if kind == "continued" and wanted and read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0:
+    if kind == "continued" and wanted and (seed_corpus is None or
+                                           read_artifact_table(seed_corpus, SFT_DATA).num_rows == 0):
         wanted = False  # an external base model comes without its pre-training corpus
     if wanted:
         greedy_only = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, methods=("greedy",)))
-        if kind == "rejection":
-            size, tokens = rejection_sampled_data(problems, search_policy, sft_data, data_out, config=config,
-                                                  round=round, context=context)
-            rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "generated_tokens", float(tokens)))
-        else:
+        if kind == "continued":
             size = corpus_sample(seed_corpus, sft_data, data_out, seed=config.seed, round=round, context=context)
+        else:
+            size, tokens = rejection_sampled_data(problems, sampling_policy, sft_data, data_out, config=config,
+                                                  round=round, context=context, control=kind)
+            rows.append(MetricRow(context.run_id, round, "train", f"control_{kind}", "generated_tokens", float(tokens)))
         with tempfile.TemporaryDirectory(prefix=f"rstar-control-{kind}-") as tmp:
-            policy, evaluation = (str(Path(tmp) / name) for name in ("policy", "eval"))
-            train_policy(base_model, data_out, policy, config=config, context=context, round=round)
+            policy = policy_out if policy_out is not None else str(Path(tmp) / "policy")
+            evaluation = str(Path(tmp) / "eval")
+            train_policy(base_model, data_out, policy, config=config, context=context, round=round,
+                         stage=f"control_{kind}")
             result = evaluate(policy, {"held_out": held_out}, evaluation, config=greedy_only, round=round,
                               context=context)
             rows += [dataclasses.replace(r, method=f"control_{kind}") for r in result.rows]
@@ -204,9 +220,14 @@ def run_control(
     else:
         _write_data(data_out, [], control=kind, round=round, context=context, inputs={"matched_to": sft_data},
                     params={"trained": False})
+        if policy_out is not None:
+            with write_artifact(policy_out, kind="policy", stage=f"control_{kind}", context=context, round=round,
+                                params={"trained": False}):
+                pass
+    inputs = {"problems": problems, "held_out": held_out, "base_model": base_model,
+              "sampling_policy": sampling_policy, "seed_corpus": seed_corpus, "sft_data": sft_data}
     with write_artifact(out, kind="metrics", stage=f"control_{kind}", context=context, round=round,
-                        inputs={"problems": problems, "held_out": held_out, "base_model": base_model,
-                                "search_policy": search_policy, "seed_corpus": seed_corpus, "sft_data": sft_data},
+                        inputs={name: ref for name, ref in inputs.items() if ref is not None},
                         params={"control": kind, "trained": wanted}) as out_dir:
         write_table(metrics_table(rows), out_dir / METRICS_FILE, METRICS)
         write_answers(out_dir, answers)

@@ -99,9 +99,11 @@ def train_policy(
     context: RunContext,
     round: int,
     checkpoint_uri: str | None = None,
+    stage: str = "train_policy",
 ) -> dict:
-    """Fine-tune the base model on the round's SFT data; publish the policy checkpoint."""
-    with write_artifact(out, kind="policy", stage="train_policy", context=context, round=round,
+    """Fine-tune the base model on the round's SFT data; publish the policy checkpoint (its
+    lineage names `stage`: a control's policy is not the round's)."""
+    with write_artifact(out, kind="policy", stage=stage, context=context, round=round,
                         inputs={"base_model": base_model, "sft_data": sft_data},
                         params=asdict(config.train.policy)) as out_dir:
         result = _train("sft", SFT_DATA, base_model, sft_data, out_dir, config=config,
