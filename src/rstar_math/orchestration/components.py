@@ -192,7 +192,9 @@ def loop_control(
     from rstar_math.orchestration.glue import ref, setup
     from rstar_math.stages.controls import run_control
 
-    config, context = setup(config_yaml)
+    # Alone in its pod (and under kfp.local): every core, as the trainings (on 2 cores 1.4x the
+    # sampling and 1.6x the training of one thread, the sandbox beside it notwithstanding).
+    config, context = setup(config_yaml, training=True)
     run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(line_policy), None, ref(sft_data),
                 ref(results), ref(control_data), config=config, round=round, context=context, policy_out=ref(policy))
 

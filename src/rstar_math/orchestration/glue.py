@@ -33,8 +33,9 @@ TRAIN_THREADS_ENV = "RSTAR_TRAIN_THREADS"
 def setup(config_yaml: str, *, training: bool = False) -> tuple[RunConfig, RunContext]:
     """Parse the resolved config a component received, and describe this execution for lineage.
 
-    Torch's thread count comes from RSTAR_TRAIN_THREADS in a task that only trains (nothing
-    else runs beside it there) and from RSTAR_TORCH_THREADS otherwise; torch's default when unset.
+    Torch's thread count comes from RSTAR_TRAIN_THREADS in a task that runs alone (the
+    trainings, the loop control: nothing else runs beside them there) and from
+    RSTAR_TORCH_THREADS otherwise; torch's default when unset.
     """
     import yaml
 
