@@ -9,7 +9,7 @@ from rstar_math.artifacts import write_artifact
 from rstar_math.config import load_config
 from rstar_math.data.generate import generate_problems
 from rstar_math.data.schemas import PROBLEMS, TREES, write_table
-from rstar_math.lineage import RunContext, audit
+from rstar_math.lineage import RunContext, audit, read_record
 from rstar_math.models.hf_engine import TransformersEngine
 from rstar_math.sandbox import ExecutorPool, SandboxLimits
 from rstar_math.stages.io import read_artifact_table
@@ -49,6 +49,23 @@ def test_a_tiny_random_model_produces_valid_trees_for_every_problem(problems_uri
     assert all(r["visits"] >= 1 for r in roots)  # every problem was searched, solved or not
     report = audit(out)
     assert report.ok and {"problems", "policy"} <= {i.role for i in report.nodes[report.target].record.inputs}
+
+
+def test_each_round_expands_as_many_candidates_as_the_config_gives_it(problems_uri, tiny_model_dir, tmp_path,
+                                                                     executor):
+    config = load_config("smoke", ["search.rollouts=[2]", "search.candidates=[3, 1]", "search.max_step_tokens=16"])
+    for round, width in ((1, 3), (2, 1), (3, 1)):
+        out = str(tmp_path / f"trees-{round}")
+        rollout(problems_uri, str(tiny_model_dir), out, config=config, round=round, context=CTX, executor=executor)
+        assert read_record(out).params["settings"]["candidates"] == width
+        children: dict[tuple[str, int], int] = {}
+        for node in read_artifact_table(out, TREES).to_pylist():
+            if node["parent_id"] is not None:
+                key = (node["problem_id"], node["parent_id"])
+                children[key] = children.get(key, 0) + 1
+        assert children and max(children.values()) <= width
+        if width > 1:
+            assert max(children.values()) > 1  # the sampled candidates differ somewhere
 
 
 def test_a_model_that_knows_the_solutions_solves_its_problems(memorized_model_dir, tmp_path, executor):
