@@ -178,10 +178,10 @@ def first_round(config_yaml: str, round: int, shard_ids: list, base_model: Model
 @dsl.pipeline(name="self-evolution-round",
               description="A later round: MCTS with the previous round's policy and PPM, then this round's PPM and policy.")
 def later_round(config_yaml: str, round: int, shard_ids: list, base_model: Model, policy: Model, ppm: Model,
-                previous: Dataset, line_policy: Model, train: Dataset, held_out: Dataset, seed_corpus: Dataset, history: Dataset,
-                cpu_image: str, gpu_image: str, train_image: str, accelerator_type: str, rollout_gpus: int,
-                train_gpus: int, gpu_node_selector: dict, gpu_tolerations: list, cpu_node_selector: dict,
-                cpu_tolerations: list, s3_secret: str, s3_config_map: str) -> RoundOutputs:
+                previous: Dataset, line_policy: Model, train: Dataset, held_out: Dataset, seed_corpus: Dataset,
+                history: Dataset, cpu_image: str, gpu_image: str, train_image: str, accelerator_type: str,
+                rollout_gpus: int, train_gpus: int, gpu_node_selector: dict, gpu_tolerations: list,
+                cpu_node_selector: dict, cpu_tolerations: list, s3_secret: str, s3_config_map: str) -> RoundOutputs:
     p = Placement(cpu_image, gpu_image, train_image, accelerator_type, rollout_gpus, train_gpus, gpu_node_selector,
                   gpu_tolerations, cpu_node_selector, cpu_tolerations, s3_secret, s3_config_map)
     return _round(config_yaml, round, shard_ids, base_model, policy, line_policy, train, held_out, seed_corpus,
