@@ -132,7 +132,7 @@ def train_ppm(config_yaml: str, round: int, init_model: Input[Model], ppm_pairs:
     from rstar_math.orchestration.glue import checkpoint_uri, log_metrics, ref, setup
     from rstar_math.stages.train import train_ppm
 
-    config, context = setup(config_yaml, training=True)
+    config, context = setup(config_yaml, alone=True)
     result = train_ppm(ref(init_model), ref(ppm_pairs), ref(ppm), config=config, context=context, round=round,
                        checkpoint_uri=checkpoint_uri(config, "train-ppm", round, ref(init_model), ref(ppm_pairs)))
     log_metrics(metrics, result)
@@ -145,7 +145,7 @@ def train_policy(config_yaml: str, round: int, base_model: Input[Model], sft_dat
     from rstar_math.orchestration.glue import checkpoint_uri, log_metrics, ref, setup
     from rstar_math.stages.train import train_policy
 
-    config, context = setup(config_yaml, training=True)
+    config, context = setup(config_yaml, alone=True)
     result = train_policy(ref(base_model), ref(sft_data), ref(policy), config=config, context=context, round=round,
                           checkpoint_uri=checkpoint_uri(config, "train-policy", round, ref(base_model), ref(sft_data)))
     log_metrics(metrics, result)
@@ -194,7 +194,7 @@ def loop_control(
 
     # Alone in its pod (and under kfp.local): every core, as the trainings (on 2 cores 1.4x the
     # sampling and 1.6x the training of one thread, the sandbox beside it notwithstanding).
-    config, context = setup(config_yaml, training=True)
+    config, context = setup(config_yaml, alone=True)
     run_control(kind, ref(problems), ref(held_out), ref(base_model), ref(line_policy), None, ref(sft_data),
                 ref(results), ref(control_data), config=config, round=round, context=context, policy_out=ref(policy))
 
@@ -214,7 +214,7 @@ def evaluate(
     from rstar_math.orchestration.glue import log_metrics, publish_report, ref, setup
     from rstar_math.stages.evaluate import evaluate
 
-    config, context = setup(config_yaml)
+    config, context = setup(config_yaml, alone=True)  # round 0: one task over every problem
     result = evaluate(ref(policy), {"held_out": ref(held_out)}, ref(evaluation), config=config, round=round,
                       context=context, ppm=ref(ppm) if ppm is not None else None)
     log_metrics(metrics, result)

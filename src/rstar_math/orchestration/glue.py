@@ -30,18 +30,18 @@ THREADS_ENV = "RSTAR_TORCH_THREADS"
 TRAIN_THREADS_ENV = "RSTAR_TRAIN_THREADS"
 
 
-def setup(config_yaml: str, *, training: bool = False) -> tuple[RunConfig, RunContext]:
+def setup(config_yaml: str, *, alone: bool = False) -> tuple[RunConfig, RunContext]:
     """Parse the resolved config a component received, and describe this execution for lineage.
 
-    Torch's thread count comes from RSTAR_TRAIN_THREADS in a task that runs alone (the
-    trainings, the loop control: nothing else runs beside them there) and from
-    RSTAR_TORCH_THREADS otherwise; torch's default when unset.
+    Torch's thread count comes from RSTAR_TRAIN_THREADS in a task that runs `alone` (the
+    trainings, the loop control, the base model's evaluation: nothing else runs beside them
+    there) and from RSTAR_TORCH_THREADS otherwise; torch's default when unset.
     """
     import yaml
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = from_dict(yaml.safe_load(config_yaml), source="config_yaml")
-    threads = os.environ.get(TRAIN_THREADS_ENV if training else THREADS_ENV)
+    threads = os.environ.get(TRAIN_THREADS_ENV if alone else THREADS_ENV)
     if threads:
         import torch
 

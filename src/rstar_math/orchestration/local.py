@@ -144,8 +144,8 @@ def run_locally(preset: str, overrides: list[str], *, root: str | Path, run_id: 
     config = from_dict(yaml.safe_load(resolved.config_yaml))
     os.environ[RUN_ID_ENV] = run_id
     # Generation runs beside the sandbox (and the controls beside each other): one torch thread
-    # each. The PPM and policy trainings and the loop control run alone, so they take every core
-    # (the tiny model's SFT trains 1.5x and its PPM 1.7x faster on two threads than on one).
+    # each. The trainings, the loop control and the base model's evaluation run alone, so they
+    # take every core (the tiny model's SFT trains 1.5x and its PPM 1.7x faster on two threads).
     os.environ.setdefault(THREADS_ENV, "1")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault(TRAIN_THREADS_ENV, str(cores))
