@@ -192,6 +192,7 @@ def _round_table(rows: list[dict]) -> str:
     rounds = sorted({k[0] for k in cells})
     if not rounds:
         return ""
+    columns = [c for c in columns if any((rnd, c) in cells for rnd in rounds)]  # e.g. a control not run
     return _markdown("round", rounds, columns, lambda rnd, c: _number(cells[(rnd, c)]) if (rnd, c) in cells else "-")
 
 
