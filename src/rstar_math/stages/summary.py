@@ -179,8 +179,8 @@ def comparison_table(rows: list[dict], benchmark: str = "held_out") -> str:
 def _round_table(rows: list[dict]) -> str:
     """Search, data and PPM measurements per round."""
     wanted = [("search", "solved_share"), ("search", "generated_tokens"), ("control_rejection", "generated_tokens"),
-              ("control_outcome_loop", "generated_tokens"), ("select", "sft_examples"), ("select", "step_pairs"), ("select", "final_pairs"),
-              ("verify", "disagreements"), ("train_ppm", "ppm_pairwise_accuracy")]
+              ("control_outcome_loop", "generated_tokens"), ("select", "sft_examples"), ("select", "step_pairs"),
+              ("select", "final_pairs"), ("verify", "disagreements"), ("train_ppm", "ppm_pairwise_accuracy")]
     seconds = sorted({r["method"] for r in rows if r["metric"] == "seconds"})
     columns = [f"{m}.{k}" for m, k in wanted] + [f"{m} s" for m in seconds]
     cells: dict[tuple[int, str], float] = {}
